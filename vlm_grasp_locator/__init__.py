@@ -1,0 +1,12 @@
+"""Language-guided object localisation for grasping: MobileSAM proposals scored by TinyCLIP.
+
+The pure core (``vlm_grasp_locator.locator``) needs no ROS; the ROS node lives in
+``vlm_grasp_locator.node``. Nothing is imported or loaded here.
+"""
+# colcon installs the generated messages (``vlm_grasp_locator.msg``) into the
+# workspace's site-packages, while a developer may import the Python sources from
+# the repository: extend_path lets both directories serve one package.
+from pkgutil import extend_path
+
+__path__ = extend_path(__path__, __name__)
+__version__ = "0.1.0"
