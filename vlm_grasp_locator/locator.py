@@ -1,0 +1,275 @@
+"""The core: ``Locator.locate(image, command)`` -> ranked detections. No ROS here.
+
+Pipeline: parse the command (``command_parser``), propose masks over the whole image
+(``mask_proposals``), score each mask's crop against the target phrase
+(``crop_scoring``), keep what passes the threshold.
+
+Proposals and crop embeddings depend on the image alone, so they are cached for the
+last frame: a new command on the same frame only runs the text encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .command_parser import parse_command
+from .crop_scoring import CROP_MODES, CropScorer, CropSettings
+from .image_input import fit_long_side, resize_mask, to_rgb_uint8
+from .mask_proposals import MaskProposer, ProposalSettings, Proposals
+from .models import DEFAULT_CLIP_MODEL, available_clip_models, load_models
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class LocatorConfig:
+    """Everything that shapes a ``Locator``; the ROS parameters map onto these fields."""
+
+    device: str = "auto"
+    num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    allow_random_weights: bool = False
+    mobile_sam_checkpoint: str = ""  # "" = the default cache path
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_checkpoint: str = ""
+    points_per_side: int = 16
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.85
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    min_mask_region_area: int = 200
+    crop_mode: str = "blend"
+    crop_context: float = 0.1
+    crop_background_keep: float = 0.2
+    clip_batch_size: int = 16
+    score_threshold: float = 0.3
+    max_detections: int = 5
+    max_image_side: int = 2048  # larger images are downscaled for the models
+    seed: int = 0  # for random weights only
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "LocatorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def proposal_settings(self) -> ProposalSettings:
+        return ProposalSettings(
+            points_per_side=self.points_per_side,
+            points_per_batch=self.points_per_batch,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_score_thresh,
+            box_nms_thresh=self.box_nms_thresh,
+            crop_n_layers=self.crop_n_layers,
+            min_mask_region_area=self.min_mask_region_area,
+        )
+
+    def crop_settings(self) -> CropSettings:
+        return CropSettings(mode=self.crop_mode, context=self.crop_context, background_keep=self.crop_background_keep)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.clip_model not in available_clip_models():
+            raise ValueError(f"clip_model {self.clip_model!r} unknown; available: {', '.join(available_clip_models())}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        for name in ("num_threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("clip_batch_size", "max_detections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_image_side < 64:
+            raise ValueError(f"max_image_side must be >= 64, got {self.max_image_side}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        self.proposal_settings().validate()
+        self.crop_settings().validate()
+
+
+@dataclass
+class Detection:
+    """One located object. box_xyxy: pixels of the input image, x1/y1 exclusive."""
+
+    label: str
+    score: float  # calibrated, in [0, 1]
+    box_xyxy: Tuple[float, float, float, float]
+    mask: np.ndarray = field(repr=False)  # bool (H, W) at the input image's size
+    mask_area: int
+    similarity: float  # raw cosine similarity of crop and phrase
+
+
+@dataclass
+class LocateResult:
+    command: str
+    target: Optional[str]
+    found: bool
+    reason: str  # why nothing was found; "" when found
+    image_size: Tuple[int, int]  # (width, height)
+    detections: List[Detection]
+    timings_ms: Dict[str, float]
+    proposals: int = 0  # masks MobileSAM proposed (and TinyCLIP scored)
+
+    @property
+    def best(self) -> Optional[Detection]:
+        return self.detections[0] if self.detections else None
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """The CLI's ``--json`` record (masks left out; their areas stay)."""
+        return {
+            "command": self.command,
+            "target": self.target,
+            "found": self.found,
+            "reason": self.reason,
+            "image_size": list(self.image_size),
+            "detections": [
+                {"label": d.label, "score": d.score, "box_xyxy": list(d.box_xyxy), "mask_area": d.mask_area}
+                for d in self.detections
+            ],
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+@dataclass
+class _FrameCache:
+    key: str
+    proposals: Proposals
+    embeddings: torch.Tensor
+    scale: float
+
+
+def frame_key(image: np.ndarray) -> str:
+    """A content hash: the same pixels give the same key, whatever array holds them."""
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+    digest.update(repr(image.shape).encode())
+    return digest.hexdigest()
+
+
+class Locator:
+    """Finds the object a command names. Thread-safe: one query at a time."""
+
+    def __init__(self, config: LocatorConfig, proposer: MaskProposer, scorer: CropScorer, random_weights: bool, device: torch.device) -> None:
+        self.config = config
+        self.proposer = proposer
+        self.scorer = scorer
+        self.random_weights = random_weights
+        self.device = device
+        self._lock = threading.Lock()
+        self._cache: Optional[_FrameCache] = None
+
+    @classmethod
+    def from_config(cls, config: LocatorConfig) -> "Locator":
+        """Validate ``config`` and load the models (CheckpointError / ValueError on failure)."""
+        config.validate()
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        models = load_models(
+            device=config.device,
+            clip_model=config.clip_model,
+            mobile_sam_checkpoint=config.mobile_sam_checkpoint,
+            clip_checkpoint=config.clip_checkpoint,
+            random_weights=config.allow_random_weights,
+            seed=config.seed,
+        )
+        return cls(
+            config,
+            MaskProposer(models.sam, config.proposal_settings()),
+            CropScorer(models.clip, config.crop_settings(), config.clip_batch_size),
+            models.random_weights,
+            models.device,
+        )
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache = None
+
+    def locate(self, image: np.ndarray, command: str, *, channel_order: str = "rgb") -> LocateResult:
+        """Find what ``command`` names in ``image`` (HxW, HxWx3 or HxWx4; see ``to_rgb_uint8``).
+
+        Raises ValueError for an unusable image; a command without an object is not an
+        error but a result with ``found=False`` and the reason.
+        """
+        started = time.perf_counter()
+        rgb = to_rgb_uint8(image, channel_order=channel_order)
+        height, width = rgb.shape[:2]
+        if min(height, width) < 2:
+            raise ValueError(f"image of {width}x{height} pixels is too small to search")
+        parsed = parse_command(command)
+        timings: Dict[str, float] = {}
+
+        def result(found: bool, reason: str, detections: List[Detection], proposals: int = 0) -> LocateResult:
+            timings["total"] = (time.perf_counter() - started) * 1e3
+            return LocateResult(command, parsed.target, found, reason, (width, height), detections, timings, proposals)
+
+        if parsed.target is None:
+            return result(False, parsed.reason, [])
+        with self._lock, self._autocast():
+            cache = self._frame(rgb, timings)
+            t0 = time.perf_counter()
+            similarity, score = self.scorer.score(cache.embeddings, parsed.target)
+            timings["text"] = (time.perf_counter() - t0) * 1e3
+        n = len(cache.proposals)
+        if n == 0:
+            return result(False, "MobileSAM proposed no object masks in this image", [])
+        order = np.lexsort((-similarity, -score))  # by score, ties by similarity
+        passing = [i for i in order if score[i] >= self.config.score_threshold][: self.config.max_detections]
+        if not passing:
+            best = order[0]
+            return result(
+                False,
+                f"no mask scored at least {self.config.score_threshold:.2f} for '{parsed.target}' "
+                f"(best {score[best]:.2f} of {n} masks)",
+                [],
+                n,
+            )
+        detections = [self._detection(cache, i, parsed.target, score[i], similarity[i], (height, width)) for i in passing]
+        return result(True, "", detections, n)
+
+    def _frame(self, rgb: np.ndarray, timings: Dict[str, float]) -> _FrameCache:
+        """Proposals and crop embeddings for this frame, from the cache when it is the last one."""
+        key = frame_key(rgb)
+        if self._cache is not None and self._cache.key == key:
+            timings["proposals"] = timings["crops"] = 0.0
+            return self._cache
+        model_image, scale = fit_long_side(rgb, self.config.max_image_side)
+        t0 = time.perf_counter()
+        proposals = self.proposer(model_image)
+        t1 = time.perf_counter()
+        embeddings = self.scorer.embed_crops(model_image, proposals.masks, proposals.boxes_xyxy)
+        t2 = time.perf_counter()
+        timings["proposals"] = (t1 - t0) * 1e3
+        timings["crops"] = (t2 - t1) * 1e3
+        self._cache = _FrameCache(key, proposals, embeddings, scale)
+        return self._cache
+
+    @staticmethod
+    def _detection(cache: _FrameCache, i: int, label: str, score: float, similarity: float, size_hw: Tuple[int, int]) -> Detection:
+        mask = cache.proposals.masks[i]
+        box = cache.proposals.boxes_xyxy[i].astype(float)
+        if cache.scale != 1.0:
+            mask = resize_mask(mask, size_hw)
+            box = box / cache.scale
+        h, w = size_hw
+        x0, y0, x1, y1 = np.clip(box, 0, [w, h, w, h])
+        return Detection(label, float(score), (float(x0), float(y0), float(x1), float(y1)), mask, int(mask.sum()), float(similarity))
+
+    def _autocast(self):
+        """fp16 matrix work on CUDA; nothing changes on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type="cpu", enabled=False)
+
+
+def config_as_dict(config: LocatorConfig) -> Dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,135 @@
+"""Building MobileSAM and TinyCLIP, with checkpoints or (only when asked) random weights."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from .checkpoints import (
+    MOBILE_SAM_FILE,
+    MOBILE_SAM_URL,
+    RemoteFile,
+    load_into,
+    load_state_dict,
+    resolve_checkpoint_path,
+)
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CLIP_MODEL = "TinyCLIP-ViT-61M-32-Text-29M"
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: models were built without checkpoints; every score, mask and box "
+    "is meaningless. Use this only to exercise the pipeline."
+)
+
+
+def available_clip_models() -> List[str]:
+    """Names of the TinyCLIP configurations shipped as data in the package."""
+    folder = resources.files(__package__) / "model_configs"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def clip_model_config(name: str) -> Dict[str, Any]:
+    if name not in available_clip_models():
+        raise ValueError(f"unknown clip_model {name!r}; available: {', '.join(available_clip_models())}")
+    text = (resources.files(__package__) / "model_configs" / f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def clip_remote_file(name: str) -> RemoteFile:
+    return RemoteFile(**clip_model_config(name)["checkpoint"])
+
+
+def mobile_sam_remote_file() -> RemoteFile:
+    return RemoteFile(file=MOBILE_SAM_FILE, url=MOBILE_SAM_URL)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+        return torch.device(device)
+    raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def build_mobile_sam() -> torch.nn.Module:
+    """The MobileSAM ``vit_t`` architecture with freshly initialised weights."""
+    with warnings.catch_warnings():
+        # mobile_sam re-registers TinyViT names in timm and imports deprecated timm paths.
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        from mobile_sam import sam_model_registry
+
+    return sam_model_registry["vit_t"](checkpoint=None)
+
+
+def build_tinyclip(name: str) -> torch.nn.Module:
+    """An open_clip CLIP model with a TinyCLIP configuration and fresh weights."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    cfg = clip_model_config(name)
+    return CLIP(
+        embed_dim=cfg["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**cfg["text_cfg"]),
+        quick_gelu=cfg.get("quick_gelu", False),
+    )
+
+
+@dataclass
+class LoadedModels:
+    sam: torch.nn.Module
+    clip: torch.nn.Module
+    clip_name: str
+    device: torch.device
+    random_weights: bool
+
+
+def load_models(
+    *,
+    device: str,
+    clip_model: str,
+    mobile_sam_checkpoint: str = "",
+    clip_checkpoint: str = "",
+    random_weights: bool = False,
+    seed: int = 0,
+) -> LoadedModels:
+    """Build both models on ``device``; weights from checkpoints unless ``random_weights``.
+
+    Raises ``CheckpointError`` for a missing, corrupt or mismatched checkpoint and
+    ``ValueError`` for a bad device or model name.
+    """
+    torch_device = resolve_device(device)
+    clip_model_config(clip_model)  # validates the name before any heavy work
+    if random_weights:
+        LOG.warning(RANDOM_WEIGHTS_WARNING)
+        torch.manual_seed(seed)
+    sam = build_mobile_sam()
+    clip = build_tinyclip(clip_model)
+    if not random_weights:
+        for model, configured, default_file, what in (
+            (sam, mobile_sam_checkpoint, MOBILE_SAM_FILE, "MobileSAM"),
+            (clip, clip_checkpoint, clip_remote_file(clip_model).file, f"TinyCLIP {clip_model}"),
+        ):
+            path = resolve_checkpoint_path(configured, default_file)
+            load_into(model, load_state_dict(path, what), path, what)
+    sam.eval().to(torch_device)
+    clip.eval().to(torch_device)
+    return LoadedModels(sam, clip, clip_model, torch_device, random_weights)
+
+
+def default_checkpoint_paths(clip_model: str) -> Tuple[Path, Path]:
+    return (
+        resolve_checkpoint_path("", MOBILE_SAM_FILE),
+        resolve_checkpoint_path("", clip_remote_file(clip_model).file),
+    )

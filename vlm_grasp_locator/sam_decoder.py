@@ -1,0 +1,199 @@
+"""MobileSAM's mask decoder, reorganised for hundreds of prompts on one image.
+
+The maths is the decoder's own (``MaskDecoder.predict_masks`` with its two-way
+transformer, same weights, same order of layers); only the order of evaluation
+changes, which moves results by float rounding (~1e-5), never by more:
+
+* Everything that depends on the image alone is computed once per image instead of
+  once per prompt: the first layer's image-side keys, values and queries.
+* Attention between the 7 prompt tokens and the 4096 image tokens never projects the
+  image tokens: the projection is folded into the 7 token vectors instead
+  (``(Q Wk) X^T`` rather than ``Q (X Wk)^T``; a key bias adds the same amount to every
+  score of one query and cancels in the softmax; attention rows sum to one, so a value
+  bias passes straight through). For 7 tokens against 4096 image positions that is
+  about half the multiply-adds.
+* The IoU head needs only the IoU token, so quality filtering can happen before the
+  upscaling convolutions, which then run only for prompts that still have a mask.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+UPSCALE_CHUNK = 4  # prompts whose upscaled embeddings (32x256x256 each) exist at once
+
+
+@dataclass
+class DecodedTokens:
+    """Transformer outputs for a batch of B prompts."""
+
+    iou_pred: torch.Tensor  # (B, 4)
+    mask_tokens: torch.Tensor  # (B, 4, C)
+    image_tokens: torch.Tensor  # (B, N, C): the image side after the transformer
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, heads, T, D/heads)."""
+    b, t, d = x.shape
+    return x.reshape(b, t, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _tokens_to_image(attn, q: torch.Tensor, image: torch.Tensor, image_plus_pe: torch.Tensor) -> torch.Tensor:
+    """``attn(q=q, k=image_plus_pe, v=image)`` for few queries, without projecting the image."""
+    b, t, _ = q.shape
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    qh = _heads(attn.q_proj(q), h)  # (B, h, T, d)
+    wk = attn.k_proj.weight.view(h, d, -1)  # (h, d, C)
+    folded_q = torch.einsum("bhtd,hdc->bhtc", qh, wk).reshape(b, h * t, -1) / math.sqrt(d)
+    probs = torch.softmax(folded_q @ image_plus_pe.transpose(1, 2), dim=-1)  # (B, hT, N)
+    mixed = (probs @ image).view(b, h, t, -1)  # (B, h, T, C)
+    wv = attn.v_proj.weight.view(h, d, -1)
+    out = torch.einsum("bhtc,hdc->bthd", mixed, wv) + attn.v_proj.bias.view(h, d)
+    return attn.out_proj(out.reshape(b, t, h * d))
+
+
+def _tokens_to_fixed_image(attn, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor) -> torch.Tensor:
+    """Token-to-image attention against keys/values shared by every prompt (h, N, d).
+
+    One matrix product per head with the batch folded into rows, so the shared keys are
+    never copied once per prompt.
+    """
+    b, t, _ = q.shape
+    h = attn.num_heads
+    d = k_heads.shape[-1]
+    qh = attn.q_proj(q).view(b * t, h, d)
+    out = [
+        torch.softmax(qh[:, i] @ k_heads[i].T / math.sqrt(d), dim=-1) @ v_heads[i] for i in range(h)
+    ]  # h x (B*T, d)
+    return attn.out_proj(torch.stack(out, dim=1).view(b, t, h * d))
+
+
+def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``attn(q=image_plus_pe, k=k, v=v)``: image positions attend to few tokens."""
+    b, t, _ = k.shape
+    h = attn.num_heads
+    d = attn.internal_dim // h
+    kh = _heads(attn.k_proj(k), h)  # (B, h, T, d)
+    wq = attn.q_proj.weight.view(h, d, -1)  # (h, d, C)
+    folded_k = torch.einsum("hdc,bhtd->bhtc", wq, kh).reshape(b, h * t, -1) / math.sqrt(d)
+    bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1) / math.sqrt(d)
+    scores = torch.baddbmm(bias, folded_k, image_plus_pe.transpose(1, 2))  # (B, hT, N)
+    return _mix_tokens(attn, scores, v)
+
+
+def _image_fixed_to_tokens(attn, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Image-to-token attention whose image-side queries (h, N, d) are shared by every prompt."""
+    b, t, _ = k.shape
+    h = attn.num_heads
+    d = q_heads.shape[-1]
+    kh = attn.k_proj(k).view(b * t, h, d)
+    scores = torch.stack([kh[:, i] @ q_heads[i].T for i in range(h)], dim=1)  # (B*T, h, N)
+    scores = scores.view(b, t, h, -1).transpose(1, 2).reshape(b, h * t, -1) / math.sqrt(d)
+    return _mix_tokens(attn, scores, v)
+
+
+def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax per head over the T tokens of ``scores`` (B, hT, N), then values and
+    output projection folded together."""
+    b, ht, n = scores.shape
+    h = attn.num_heads
+    t = ht // h
+    d = attn.internal_dim // h
+    probs = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, ht, n)
+    vh = _heads(attn.v_proj(v), h)  # (B, h, T, d)
+    wo = attn.out_proj.weight.view(-1, h, d)  # (C, h, d)
+    folded_v = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, ht, -1)
+    return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), probs.transpose(1, 2), folded_v)
+
+
+class FastMaskDecoder:
+    """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied)."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        self.decoder = decoder
+        self.transformer = decoder.transformer
+        self._image = None
+
+    @torch.inference_mode()
+    def set_image(self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> None:
+        """Precompute everything that depends on the image alone. Shapes (1, C, h, w)."""
+        self.grid_hw = features.shape[-2:]
+        image = (features + dense_embedding).flatten(2).transpose(1, 2)  # (1, N, C)
+        pos = image_pe.flatten(2).transpose(1, 2)
+        first = self.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        self._image = image
+        self._pos = pos
+        self._k0 = _heads(t2i.k_proj(image + pos), t2i.num_heads)[0]
+        self._v0 = _heads(t2i.v_proj(image), t2i.num_heads)[0]
+        self._q0 = _heads(i2t.q_proj(image + pos), i2t.num_heads)[0]
+
+    @torch.inference_mode()
+    def run_transformer(self, sparse_embeddings: torch.Tensor) -> DecodedTokens:
+        """The two-way transformer and IoU head for B prompts (sparse: (B, n_points, C))."""
+        if self._image is None:
+            raise RuntimeError("set_image must be called before run_transformer")
+        dec = self.decoder
+        b = sparse_embeddings.shape[0]
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        token_pe = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_embeddings), dim=1)
+        queries = token_pe
+        keys = None  # the image tokens, identical for every prompt until the first update
+        for layer in self.transformer.layers:
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + token_pe
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            q = queries + token_pe
+            if keys is None:
+                attn_out = _tokens_to_fixed_image(layer.cross_attn_token_to_image, q, self._k0, self._v0)
+            else:
+                attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, keys, keys + self._pos)
+            queries = layer.norm2(queries + attn_out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            q = queries + token_pe
+            if keys is None:
+                keys = self._image + _image_fixed_to_tokens(layer.cross_attn_image_to_token, self._q0, q, queries)
+            else:
+                keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys + self._pos, q, queries)
+            keys = layer.norm4(keys)
+        if keys is None:
+            keys = self._image.expand(b, -1, -1)
+        final = self.transformer.final_attn_token_to_image
+        queries = queries + _tokens_to_image(final, queries + token_pe, keys, keys + self._pos)
+        queries = self.transformer.norm_final_attn(queries)
+        return DecodedTokens(
+            iou_pred=dec.iou_prediction_head(queries[:, 0]),
+            mask_tokens=queries[:, 1 : 1 + dec.num_mask_tokens],
+            image_tokens=keys,
+        )
+
+    @torch.inference_mode()
+    def masks_for(self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits (K, 256, 256) for the (prompt, mask) pairs asked for.
+
+        ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
+        """
+        dec = self.decoder
+        prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
+        h, w = self.grid_hw
+        out = []
+        for start in range(0, len(prompts), UPSCALE_CHUNK):
+            chunk = prompts[start : start + UPSCALE_CHUNK]
+            src = tokens.image_tokens[chunk].transpose(1, 2).reshape(len(chunk), -1, h, w)
+            upscaled = dec.output_upscaling(src)  # (k, c, 4h, 4w)
+            hyper = torch.stack(
+                [mlp(tokens.mask_tokens[chunk, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+            )  # (k, 4, c)
+            in_chunk = (inverse >= start) & (inverse < start + len(chunk))
+            rows = inverse[in_chunk] - start
+            k, c, uh, uw = upscaled.shape
+            logits = torch.bmm(hyper[rows, mask_idx[in_chunk]][:, None, :], upscaled[rows].view(len(rows), c, uh * uw))
+            out.append(logits.view(len(rows), uh, uw))
+        return torch.cat(out)
+
