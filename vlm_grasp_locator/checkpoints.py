@@ -13,6 +13,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional
@@ -71,20 +72,27 @@ def load_state_dict(path: Path, what: str) -> Dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise CheckpointError(missing_checkpoint_message(path, what))
+    unreadable = (
+        f"{what} checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt download?). "
+        "Delete it and run `vlm-grasp-locator download-models` again."
+    )
+    # torch.save writes a zip archive (a bare pickle before PyTorch 1.6); anything else,
+    # including a zip cut short, is refused before the unpickler sees it.
+    with open(path, "rb") as f:
+        legacy_pickle = f.read(1) == b"\x80"
+    if not (zipfile.is_zipfile(path) or legacy_pickle):
+        raise CheckpointError(unreadable)
     try:
         with torch.serialization.safe_globals(list(_ALLOWED_CHECKPOINT_GLOBALS)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        offending = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
         raise CheckpointError(
             f"{what} checkpoint {path} holds objects that are not allowed in a weights file "
-            f"(refused, nothing was executed): {str(e).splitlines()[0]}"
+            f"(refused, nothing was executed){': ' + offending[0] if offending else ''}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{what} checkpoint {path} is not a readable PyTorch checkpoint "
-            f"(truncated or corrupt download?): {str(e).splitlines()[0]}. "
-            "Delete it and run `vlm-grasp-locator download-models` again."
-        ) from e
+        raise CheckpointError(f"{unreadable} ({str(e).splitlines()[0]})") from e
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):

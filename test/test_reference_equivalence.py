@@ -1,0 +1,84 @@
+"""The package's pipeline gives the founding composition's answers (guards every speed-up)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_grasp_locator.locator import Locator, LocatorConfig
+from vlm_grasp_locator.reference_pipeline import reference_locate
+
+from conftest import SMALL_PIPELINE
+
+# Batched and per-crop forwards differ by float rounding (~1e-6); with random weights
+# the top scores can tie closer than that, and then either mask is a right answer.
+SCORE_TIE = 1e-4
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture(scope="module")
+def many_masks() -> Locator:
+    """No box NMS, so random weights leave dozens of distinct masks to compare."""
+    return Locator.from_config(
+        LocatorConfig(**{**SMALL_PIPELINE, "box_nms_thresh": 1.0, "min_mask_region_area": 60, "max_detections": 100})
+    )
+
+
+def test_same_masks_scores_and_best_box_as_reference(many_masks, scene):
+    target = "red block"
+    result = many_masks.locate(scene, f"take the {target}")
+    proposals, similarity, score = reference_locate(
+        many_masks.proposer.sam, many_masks.scorer, scene, target, many_masks.config.proposal_settings()
+    )
+    ours = many_masks._cache.proposals
+    assert len(ours) == len(proposals) >= 10
+
+    # Same mask set: every reference mask has a partner with IoU ~1 (rounding may flip
+    # pixels whose logit is within 1e-6 of the threshold), and the same quality figures.
+    partner = [max(range(len(ours)), key=lambda j: mask_iou(m, ours.masks[j])) for m in proposals.masks]
+    assert sorted(partner) == list(range(len(ours)))
+    assert min(mask_iou(m, ours.masks[j]) for m, j in zip(proposals.masks, partner)) > 0.995
+    np.testing.assert_allclose(ours.predicted_iou[partner], proposals.predicted_iou, atol=1e-5)
+    np.testing.assert_allclose(ours.stability_score[partner], proposals.stability_score, atol=1e-3)
+
+    # Same crop scores.
+    our_similarity, our_score = many_masks.scorer.score(many_masks._cache.embeddings, target)
+    np.testing.assert_allclose(our_similarity[partner], similarity, atol=1e-5)
+    np.testing.assert_allclose(our_score[partner], score, atol=1e-5)
+
+    # Same best mask and box, unless the top two are a near-tie.
+    ranked = np.argsort(-score)
+    if score[ranked[0]] - score[ranked[1]] > SCORE_TIE:
+        best = result.best
+        assert mask_iou(best.mask, proposals.masks[ranked[0]]) > 0.995
+        np.testing.assert_allclose(best.box_xyxy, proposals.boxes_xyxy[ranked[0]], atol=1.0)
+
+
+@torch.inference_mode()
+def test_fast_decoder_matches_mobile_sam_decoder(locator, scene):
+    from vlm_grasp_locator.sam_decoder import FastMaskDecoder
+
+    sam = locator.proposer.sam
+    predictor = locator.proposer.predictor
+    predictor.set_image(scene)
+    points = torch.rand(6, 1, 2, generator=torch.Generator().manual_seed(0)) * 1024
+    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+    want_masks, want_iou = sam.mask_decoder(
+        image_embeddings=predictor.features,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+    decoder = FastMaskDecoder(sam.mask_decoder)
+    decoder.set_image(predictor.features, sam.prompt_encoder.get_dense_pe(), dense[:1])
+    tokens = decoder.run_transformer(sparse)
+    prompt_idx, mask_idx = torch.meshgrid(torch.arange(6), torch.arange(1, 4), indexing="ij")
+    masks = decoder.masks_for(tokens, prompt_idx.flatten(), mask_idx.flatten()).view(6, 3, 256, 256)
+    predictor.reset_image()
+    torch.testing.assert_close(tokens.iou_pred[:, 1:], want_iou, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(masks, want_masks, atol=1e-4, rtol=1e-4)
