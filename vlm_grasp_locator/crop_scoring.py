@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import torch
 
+from .text_encoder import encode_text_until_eot
+
 # CLIP's training statistics; the fill colour is their mean so suppressed pixels look
 # like "nothing" to the model rather than like a black or white object.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -106,7 +108,7 @@ class TextEmbeddingCache:
         if missing:
             texts = [t.format(p) for p in missing for t in PROMPT_TEMPLATES]
             tokens = self.tokenizer(texts).to(next(self.clip.parameters()).device)
-            features = self.clip.encode_text(tokens, normalize=True).float()
+            features = encode_text_until_eot(self.clip, tokens).float()
             features = features.view(len(missing), len(PROMPT_TEMPLATES), -1).mean(dim=1)
             for phrase, feature in zip(missing, torch.nn.functional.normalize(features, dim=-1)):
                 self._cache[phrase] = feature
