@@ -1,0 +1,63 @@
+"""Start the grasp_locator node (and optionally RViz2 showing its overlay and mask).
+
+    ros2 launch vlm_grasp_locator grasp_locator.launch.py \
+        image_topic:=/camera/color/image_raw device:=cuda use_rviz:=true
+    ros2 topic pub --once /command std_msgs/msg/String "{data: 'take the cup'}"
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node, PushRosNamespace
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("vlm_grasp_locator")
+    namespace = LaunchConfiguration("namespace")
+    image_topic = LaunchConfiguration("image_topic")
+    command_topic = LaunchConfiguration("command_topic")
+    params_file = LaunchConfiguration("params_file")
+    device = LaunchConfiguration("device")
+    use_rviz = LaunchConfiguration("use_rviz")
+
+    arguments = [
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="Namespace of the node and its topics"),
+        DeclareLaunchArgument("image_topic", default_value="image",
+                              description="Camera image topic (remap of `image`)"),
+        DeclareLaunchArgument("command_topic", default_value="command",
+                              description="Command topic, std_msgs/String (remap of `command`)"),
+        DeclareLaunchArgument("params_file",
+                              default_value=os.path.join(share, "config", "params.yaml"),
+                              description="Parameter file for the node"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="Compute device: auto, cpu, cuda or cuda:N "
+                                          "(overrides params_file)"),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="Start RViz2 showing the overlay and the mask"),
+    ]
+
+    group = GroupAction([
+        PushRosNamespace(namespace),
+        Node(
+            package="vlm_grasp_locator",
+            executable="grasp_locator_node",
+            name="grasp_locator",
+            output="screen",
+            emulate_tty=True,
+            parameters=[params_file, {"device": device}],
+            remappings=[("image", image_topic), ("command", command_topic)],
+        ),
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", PathJoinSubstitution([share, "config", "grasp_locator.rviz"])],
+            condition=IfCondition(use_rviz),
+            output="screen",
+        ),
+    ])
+    return LaunchDescription(arguments + [group])

@@ -1,0 +1,177 @@
+"""Start the real grasp_locator node as a process and talk to it over DDS.
+
+DDS hygiene for a shared machine: every node gets its own ROS_DOMAIN_ID (reserved with a
+lock file), discovery stays on localhost, nodes are stopped with SIGINT (SIGKILL would
+leave Fast DDS shared-memory files behind), and waits are driven by messages.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from vlm_grasp_locator.demo import (
+    LocatorClient,
+    NodeProcess,
+    array_to_image_msg,
+    bbox_xyxy,
+    image_msg_array,
+    reserve_domain_id,
+)
+
+__all__ = [
+    "SMALL_PARAMS", "RunningNode", "messages_unavailable", "next_stamp", "run_node_to_exit",
+    "array_to_image_msg", "bbox_xyxy", "image_msg_array",
+]
+
+# Random weights and a tiny prompt grid: the pipeline runs end to end in a few seconds
+# per frame on a CPU, and the zero thresholds let masks through untrained models.
+SMALL_PARAMS: Dict[str, Any] = {
+    "allow_random_weights": True,
+    "device": "cpu",
+    "clip_model": "TinyCLIP-ViT-8M-16-Text-3M",
+    "points_per_side": 4,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "score_threshold": 0.0,
+    "min_mask_region_area": 0,
+    "num_threads": 1,
+    "image_qos": "reliable",  # the tests publish single frames: no best-effort losses
+    "max_image_age": 120.0,  # frames may wait behind slow CPU inferences
+    "command_wait_timeout": 1.0,
+}
+
+_stamps = itertools.count(1000)
+
+
+def next_stamp() -> Tuple[int, int]:
+    """A stamp no other frame of this test run carries."""
+    return next(_stamps), 123
+
+
+def messages_unavailable() -> Optional[str]:
+    """Why the node cannot run here (None when it can): the built messages are needed."""
+    try:
+        from vision_msgs.msg import Detection2DArray  # noqa: F401
+
+        from vlm_grasp_locator.msg import GraspTarget  # noqa: F401
+    except ImportError as e:
+        return (f"message packages not importable ({e}); "
+                "run `bash scripts/setup.sh` and `source scripts/env.sh`")
+    return None
+
+
+class RunningNode:
+    """One node process on a private domain plus a client talking to it."""
+
+    def __init__(self, log_dir: Path, params: Mapping[str, Any], *, ready_timeout_s: float = 180.0,
+                 ros_args: Sequence[str] = ()) -> None:
+        self.domain_id, self._lock = reserve_domain_id()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = log_dir / f"node_{self.domain_id}.out"
+        self.stderr_path = log_dir / f"node_{self.domain_id}.err"
+        self._out = open(self.stdout_path, "wb")
+        self._err = open(self.stderr_path, "wb")
+        self.process = NodeProcess(params, self.domain_id, ros_args=ros_args,
+                                   stdout=self._out, stderr=self._err)
+        self.client: Optional[LocatorClient] = None
+        self._param_client: Any = None
+        try:
+            self.client = LocatorClient(self.domain_id, name=f"test_client_{os.getpid()}")
+            if not self.client.wait_ready(ready_timeout_s, self.process.alive):
+                raise RuntimeError(
+                    f"node not ready after {ready_timeout_s} s "
+                    f"(exit code {self.process.returncode}):\n" + self.logs()[-3000:])
+        except BaseException:
+            self.stop()
+            raise
+
+    def logs(self) -> str:
+        for f in (self._out, self._err):
+            if not f.closed:
+                f.flush()
+        return (self.stdout_path.read_text(errors="replace")
+                + self.stderr_path.read_text(errors="replace"))
+
+    def stderr(self) -> str:
+        if not self._err.closed:
+            self._err.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def publish(self, image: Any, encoding: str = "rgb8", *,
+                frame_id: str = "camera_color_optical_frame") -> Any:
+        """Publish one frame with a fresh unique stamp; return its header once delivered."""
+        assert self.client is not None
+        return self.client.publish_image(image, stamp=next_stamp(), frame_id=frame_id,
+                                         encoding=encoding)
+
+    def ask(self, command: str, timeout_s: float = 120.0) -> Any:
+        """Send ``command``; the GraspTarget answering it (fails the test on timeout)."""
+        assert self.client is not None
+        start = len(self.client.received["grasp_target"])
+        self.client.send_command(command)
+        answer = self.client.wait_answer(command, timeout_s, start=start, alive=self.alive)
+        assert answer is not None, (
+            f"no answer to {command[:40]!r} within {timeout_s} s (node alive: {self.alive()})\n"
+            + self.logs()[-3000:])
+        return answer
+
+    def try_set_parameters(self, values: Mapping[str, Any],
+                           timeout_s: float = 10.0) -> List[Tuple[bool, str]]:
+        """Set node parameters through its parameter service; (successful, reason) each."""
+        from rclpy.parameter import Parameter
+        from rclpy.parameter_client import AsyncParameterClient
+
+        assert self.client is not None
+        if self._param_client is None:
+            self._param_client = AsyncParameterClient(self.client.node, "grasp_locator")
+        assert self._param_client.wait_for_services(timeout_sec=timeout_s)
+        future = self._param_client.set_parameters(
+            [Parameter(k, value=v) for k, v in values.items()])
+        assert self.client.spin_until(future.done, timeout_s), "parameter service did not answer"
+        return [(r.successful, r.reason) for r in future.result().results]
+
+    def set_parameters(self, values: Mapping[str, Any]) -> None:
+        """Set node parameters; fail the test unless all were accepted."""
+        results = self.try_set_parameters(values)
+        assert all(ok for ok, _ in results), results
+
+    def stop(self, timeout_s: float = 10.0) -> Tuple[int, float]:
+        """SIGINT the node; (exit code, seconds it took)."""
+        self._param_client = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        started = time.monotonic()
+        code = self.process.stop(timeout_s)
+        took = time.monotonic() - started
+        for f in (self._out, self._err):
+            if not f.closed:
+                f.close()
+        if not self._lock.closed:
+            self._lock.close()
+        return code, took
+
+
+def run_node_to_exit(params: Mapping[str, Any], ros_args: Sequence[str] = (),
+                     timeout_s: float = 120.0) -> Tuple[int, str]:
+    """Run a node that is expected to exit by itself; (exit code, stderr + stdout)."""
+    import subprocess
+
+    domain_id, lock = reserve_domain_id()
+    try:
+        proc = NodeProcess(params, domain_id, ros_args=ros_args,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.stop()
+            raise
+        return proc.proc.returncode, err.decode(errors="replace") + out.decode(errors="replace")
+    finally:
+        lock.close()

@@ -1,0 +1,114 @@
+"""The launch file, params.yaml and the node's parameter table agree.
+
+Where ``launch_testing`` is installed the launch file is also run for real; elsewhere
+that test is skipped and the checks here are static (compile, AST, YAML).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import List
+
+import pytest
+import yaml
+
+from vlm_grasp_locator.node_params import PARAM_NAMES, PARAM_SPECS, ParameterError, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = ROOT / "launch" / "grasp_locator.launch.py"
+PARAMS_FILE = ROOT / "config" / "params.yaml"
+RVIZ_FILE = ROOT / "config" / "grasp_locator.rviz"
+LAUNCH_ARGUMENTS = {
+    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz"}
+
+
+def _declared_arguments(tree: ast.AST) -> List[str]:
+    names = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if getattr(node.func, "id", getattr(node.func, "attr", "")) == "DeclareLaunchArgument":
+            assert node.args and isinstance(node.args[0], ast.Constant), "name must be a literal"
+            names.append(node.args[0].value)
+            keywords = {k.arg for k in node.keywords}
+            assert "description" in keywords, f"{node.args[0].value} has no description"
+    return names
+
+
+def _params() -> dict:
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    assert list(data) == ["/**"], "params.yaml must use the /** wildcard"
+    return data["/**"]["ros__parameters"]
+
+
+def test_launch_file_compiles_and_declares_the_documented_arguments() -> None:
+    source = LAUNCH_FILE.read_text()
+    compile(source, str(LAUNCH_FILE), "exec")
+    tree = ast.parse(source)
+    names = _declared_arguments(tree)
+    assert sorted(names) == sorted(LAUNCH_ARGUMENTS)
+    functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    assert "grasp_locator_node" in source and "grasp_locator.rviz" in source
+
+
+def test_params_yaml_names_exactly_the_declared_parameters() -> None:
+    assert sorted(_params()) == sorted(PARAM_NAMES)
+
+
+def test_params_yaml_values_are_valid_and_equal_the_defaults() -> None:
+    params = _params()
+    validate(params)  # types and ranges
+    for spec in PARAM_SPECS:
+        assert params[spec.name] == spec.default, spec.name
+
+
+def test_every_parameter_has_a_description_and_a_descriptor() -> None:
+    for spec in PARAM_SPECS:
+        assert len(spec.description) > 20, spec.name
+        descriptor = spec.descriptor()
+        assert descriptor.description == spec.description
+        assert descriptor.read_only == (not spec.dynamic)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("points_per_side", 0), ("score_threshold", 1.5), ("score_threshold", 0), ("device", "gpu"),
+    ("image_qos", "fast"), ("max_image_age", -1.0), ("continuous", "yes"), ("nonsense", 1),
+])
+def test_validation_names_the_parameter(name: str, value: object) -> None:
+    with pytest.raises(ParameterError, match=name):
+        validate({name: value})
+
+
+def test_locator_parameters_match_locator_config() -> None:
+    locator = pytest.importorskip("vlm_grasp_locator.locator")
+    fields = {f.name: f for f in dataclasses.fields(locator.LocatorConfig)}
+    defaults = locator.LocatorConfig()
+    for spec in PARAM_SPECS:
+        if spec.locator:
+            assert spec.name in fields, f"{spec.name} is no LocatorConfig field"
+            assert getattr(defaults, spec.name) == spec.default, spec.name
+
+
+def test_rviz_config_shows_overlay_and_mask() -> None:
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    topics = {d["Name"]: d["Topic"]["Value"] for d in config["Visualization Manager"]["Displays"]
+              if d["Class"] == "rviz_default_plugins/Image"}
+    assert topics["Overlay"] == "overlay" and topics["Mask"] == "mask"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("launch_testing") is None
+                    or importlib.util.find_spec("launch_ros") is None,
+                    reason="launch_testing/launch_ros are not installed (ROS 2 from PyPI wheels)")
+def test_launch_description_builds() -> None:  # pragma: no cover - needs a ROS install
+    from launch.actions import DeclareLaunchArgument
+
+    spec = importlib.util.spec_from_file_location("grasp_locator_launch", LAUNCH_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
+    assert declared == LAUNCH_ARGUMENTS
