@@ -1,6 +1,8 @@
 """Shared fixtures: real architectures with random weights, built once per session."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,19 @@ def synthetic_scene(height: int = 240, width: int = 320, seed: int = 0) -> np.nd
     image[height // 5 : height * 6 // 10, width * 6 // 10 : width * 8 // 10] = (30, 160, 30)
     image += rng.integers(-8, 9, image.shape, dtype=np.int16)
     return image.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_real_checkpoints(tmp_path_factory):
+    """An empty model cache, so every run (and every node process) uses random weights
+    the same way, whatever a developer has downloaded."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("empty-cache"))
+    yield
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -106,11 +106,17 @@ def test_missing_checkpoint_names_file_and_remedy(tmp_path, monkeypatch):
     assert "download-models" in message and "--random-weights" in message
 
 
-def test_random_weights_only_when_asked_and_loudly(caplog):
+def test_random_weights_only_when_allowed_and_a_checkpoint_is_missing(checkpoints, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with caplog.at_level("WARNING"):
-        models = load_models(device="cpu", clip_model=SMALL_CLIP, random_weights=True)
+        models = load_models(device="cpu", clip_model=SMALL_CLIP, allow_random_weights=True)
     assert models.random_weights
-    assert "RANDOM WEIGHTS" in caplog.text and "meaningless" in caplog.text
+    assert "RANDOM WEIGHTS" in caplog.text and "meaningless" in caplog.text and "mobile_sam.pt" in caplog.text
+    present = load_models(
+        device="cpu", clip_model=SMALL_CLIP, allow_random_weights=True,
+        mobile_sam_checkpoint=str(checkpoints["sam"]), clip_checkpoint=str(checkpoints["clip_plain"]),
+    )
+    assert not present.random_weights
 
 
 def test_device_selection(monkeypatch):

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     locate.add_argument("--overlay", metavar="OUT.png", help="write the image with the answer drawn on it")
     locate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
-    locate.add_argument("--random-weights", action="store_true", help="no checkpoints: random weights, meaningless results")
+    locate.add_argument("--random-weights", action="store_true", help="where a checkpoint is missing, run with random weights (meaningless results)")
     locate.add_argument("--config", metavar="FILE", help="YAML file of LocatorConfig fields")
     locate.set_defaults(func=cmd_locate)
 

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -34,7 +34,7 @@ class LocatorConfig:
 
     device: str = "auto"
     num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    allow_random_weights: bool = False
+    allow_random_weights: bool = False  # random weights where a checkpoint file is missing
     mobile_sam_checkpoint: str = ""  # "" = the default cache path
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_checkpoint: str = ""
@@ -63,15 +63,9 @@ class LocatorConfig:
         return cls(**values)
 
     def proposal_settings(self) -> ProposalSettings:
-        return ProposalSettings(
-            points_per_side=self.points_per_side,
-            points_per_batch=self.points_per_batch,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            box_nms_thresh=self.box_nms_thresh,
-            crop_n_layers=self.crop_n_layers,
-            min_mask_region_area=self.min_mask_region_area,
-        )
+        """The generator settings this config names (same field names); defaults for the rest."""
+        shared = {f.name for f in fields(ProposalSettings)} & {f.name for f in fields(self)}
+        return ProposalSettings(**{name: getattr(self, name) for name in shared})
 
     def crop_settings(self) -> CropSettings:
         return CropSettings(mode=self.crop_mode, context=self.crop_context, background_keep=self.crop_background_keep)
@@ -179,7 +173,7 @@ class Locator:
             clip_model=config.clip_model,
             mobile_sam_checkpoint=config.mobile_sam_checkpoint,
             clip_checkpoint=config.clip_checkpoint,
-            random_weights=config.allow_random_weights,
+            allow_random_weights=config.allow_random_weights,
             seed=config.seed,
         )
         return cls(
@@ -269,7 +263,3 @@ class Locator:
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return torch.autocast(device_type="cpu", enabled=False)
-
-
-def config_as_dict(config: LocatorConfig) -> Dict[str, Any]:
-    return asdict(config)

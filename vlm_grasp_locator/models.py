@@ -101,30 +101,34 @@ def load_models(
     clip_model: str,
     mobile_sam_checkpoint: str = "",
     clip_checkpoint: str = "",
-    random_weights: bool = False,
+    allow_random_weights: bool = False,
     seed: int = 0,
 ) -> LoadedModels:
-    """Build both models on ``device``; weights from checkpoints unless ``random_weights``.
+    """Build both models on ``device`` with their checkpoints' weights.
 
-    Raises ``CheckpointError`` for a missing, corrupt or mismatched checkpoint and
-    ``ValueError`` for a bad device or model name.
+    Where a checkpoint file is missing and ``allow_random_weights`` is set, both models
+    keep random weights instead (with a loud warning). Raises ``CheckpointError`` for a
+    missing (not allowed), corrupt or mismatched checkpoint and ``ValueError`` for a bad
+    device or model name.
     """
     torch_device = resolve_device(device)
-    clip_model_config(clip_model)  # validates the name before any heavy work
+    clip_file = clip_remote_file(clip_model).file  # validates the name before any heavy work
+    sources = (
+        (build_mobile_sam, resolve_checkpoint_path(mobile_sam_checkpoint, MOBILE_SAM_FILE), "MobileSAM"),
+        (lambda: build_tinyclip(clip_model), resolve_checkpoint_path(clip_checkpoint, clip_file), f"TinyCLIP {clip_model}"),
+    )
+    missing = [str(path) for _, path, _ in sources if not path.is_file()]
+    random_weights = bool(missing) and allow_random_weights
     if random_weights:
-        LOG.warning(RANDOM_WEIGHTS_WARNING)
+        LOG.warning("%s (missing: %s)", RANDOM_WEIGHTS_WARNING, ", ".join(missing))
         torch.manual_seed(seed)
-    sam = build_mobile_sam()
-    clip = build_tinyclip(clip_model)
-    if not random_weights:
-        for model, configured, default_file, what in (
-            (sam, mobile_sam_checkpoint, MOBILE_SAM_FILE, "MobileSAM"),
-            (clip, clip_checkpoint, clip_remote_file(clip_model).file, f"TinyCLIP {clip_model}"),
-        ):
-            path = resolve_checkpoint_path(configured, default_file)
+    models = []
+    for build, path, what in sources:
+        model = build()
+        if not random_weights:
             load_into(model, load_state_dict(path, what), path, what)
-    sam.eval().to(torch_device)
-    clip.eval().to(torch_device)
+        models.append(model.eval().to(torch_device))
+    sam, clip = models
     return LoadedModels(sam, clip, clip_model, torch_device, random_weights)
 
 
