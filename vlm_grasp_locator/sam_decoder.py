@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 UPSCALE_CHUNK = 4  # prompts whose upscaled embeddings (32x256x256 each) exist at once
 
@@ -109,6 +110,16 @@ def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), probs.transpose(1, 2), folded_v)
 
 
+def _upscale(upscaling: torch.nn.Sequential, src: torch.Tensor) -> torch.Tensor:
+    """``MaskDecoder.output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) with the
+    channel LayerNorm done by ``F.layer_norm`` on a channels-last view: the same
+    normalisation (rounding aside), about twice as fast as mobile_sam's elementwise one."""
+    conv1, norm, act1, conv2, act2 = upscaling
+    x = conv1(src)
+    x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+    return act2(conv2(act1(x)))
+
+
 class FastMaskDecoder:
     """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied)."""
 
@@ -153,14 +164,15 @@ class FastMaskDecoder:
             if keys is None:
                 attn_out = _tokens_to_fixed_image(layer.cross_attn_token_to_image, q, self._k0, self._v0)
             else:
-                attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, keys, keys + self._pos)
+                keys_pe = keys + self._pos  # both cross-attentions of this layer see the same keys
+                attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, keys, keys_pe)
             queries = layer.norm2(queries + attn_out)
             queries = layer.norm3(queries + layer.mlp(queries))
             q = queries + token_pe
             if keys is None:
                 keys = self._image + _image_fixed_to_tokens(layer.cross_attn_image_to_token, self._q0, q, queries)
             else:
-                keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys + self._pos, q, queries)
+                keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries)
             keys = layer.norm4(keys)
         if keys is None:
             keys = self._image.expand(b, -1, -1)
@@ -186,14 +198,15 @@ class FastMaskDecoder:
         for start in range(0, len(prompts), UPSCALE_CHUNK):
             chunk = prompts[start : start + UPSCALE_CHUNK]
             src = tokens.image_tokens[chunk].transpose(1, 2).reshape(len(chunk), -1, h, w)
-            upscaled = dec.output_upscaling(src)  # (k, c, 4h, 4w)
+            upscaled = _upscale(dec.output_upscaling, src)  # (k, c, 4h, 4w)
             hyper = torch.stack(
                 [mlp(tokens.mask_tokens[chunk, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
             )  # (k, 4, c)
-            in_chunk = (inverse >= start) & (inverse < start + len(chunk))
-            rows = inverse[in_chunk] - start
             k, c, uh, uw = upscaled.shape
-            logits = torch.bmm(hyper[rows, mask_idx[in_chunk]][:, None, :], upscaled[rows].view(len(rows), c, uh * uw))
-            out.append(logits.view(len(rows), uh, uw))
+            # All four masks of each prompt in one product (cheap), then keep those asked for:
+            # indexing the upscaled embeddings per mask would copy 8 MB each.
+            logits = torch.bmm(hyper, upscaled.view(k, c, uh * uw))  # (k, 4, uh*uw)
+            in_chunk = (inverse >= start) & (inverse < start + len(chunk))
+            out.append(logits[inverse[in_chunk] - start, mask_idx[in_chunk]].view(-1, uh, uw))
         return torch.cat(out)
 
