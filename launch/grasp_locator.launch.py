@@ -2,6 +2,9 @@
 
     ros2 launch vlm_grasp_locator grasp_locator.launch.py \
         image_topic:=/camera/color/image_raw device:=cuda use_rviz:=true
+    # use_depth:=true adds a 3D grasp pose (target_pose, object_cloud, markers) from the
+    # `depth` and `camera_info` topics (a depth image registered to the colour image, and
+    # the depth image's camera info), relative to the namespace.
     ros2 topic pub --once /command std_msgs/msg/String "{data: 'take the cup'}"
 """
 import os
@@ -12,6 +15,7 @@ from launch.actions import DeclareLaunchArgument, GroupAction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -22,6 +26,7 @@ def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
     device = LaunchConfiguration("device")
     use_rviz = LaunchConfiguration("use_rviz")
+    use_depth = LaunchConfiguration("use_depth")
 
     arguments = [
         DeclareLaunchArgument("namespace", default_value="",
@@ -36,6 +41,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="auto",
                               description="Compute device: auto, cpu, cuda or cuda:N "
                                           "(overrides params_file)"),
+        DeclareLaunchArgument("use_depth", default_value="false",
+                              description="Compute a 3D grasp pose from `depth` + `camera_info` "
+                                          "(overrides params_file)"),
         DeclareLaunchArgument("use_rviz", default_value="false",
                               description="Start RViz2 showing the overlay and the mask"),
     ]
@@ -48,7 +56,8 @@ def generate_launch_description() -> LaunchDescription:
             name="grasp_locator",
             output="screen",
             emulate_tty=True,
-            parameters=[params_file, {"device": device}],
+            parameters=[params_file, {"device": device,
+                                      "use_depth": ParameterValue(use_depth, value_type=bool)}],
             remappings=[("image", image_topic), ("command", command_topic)],
         ),
         Node(

@@ -21,7 +21,7 @@ LAUNCH_FILE = ROOT / "launch" / "grasp_locator.launch.py"
 PARAMS_FILE = ROOT / "config" / "params.yaml"
 RVIZ_FILE = ROOT / "config" / "grasp_locator.rviz"
 LAUNCH_ARGUMENTS = {
-    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz"}
+    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz", "use_depth"}
 
 
 def _declared_arguments(tree: ast.AST) -> List[str]:

@@ -4,6 +4,13 @@ Subscribes ``image`` (sensor_msgs/Image) and ``command`` (std_msgs/String); publ
 ``detections`` (vision_msgs/Detection2DArray), ``grasp_target`` (GraspTarget, transient
 local), ``mask`` (mono8) and ``overlay`` (rgb8). All outputs carry the source frame's header.
 
+With ``use_depth``: also subscribes ``depth`` (sensor_msgs/Image registered to the colour
+image, 16UC1 mm or 32FC1 m) and ``camera_info`` (of the depth image), and publishes
+``target_pose`` (geometry_msgs/PoseStamped, also in GraspTarget.pose), ``object_cloud``
+(sensor_msgs/PointCloud2) and ``markers`` (visualization_msgs/MarkerArray), all with the
+paired depth frame's header (its optical frame). Without a usable depth frame the 2D
+outputs still go out, with pose_valid=false and the reason in GraspTarget.reason.
+
 The node is a thin layer: it converts messages, declares parameters and schedules work.
 Inference runs on one worker thread so the executor keeps receiving frames; only the
 newest frame is kept (one slot, overwritten).
@@ -33,14 +40,27 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
 from . import node_params
 from .command_parser import is_stop_command, parse_command
-from .image_conversion import image_msg_to_rgb
+from .frame_pairing import FramePairer, stamp_to_seconds
+from .grasp_geometry import CameraModel, PoseError, depth_to_metres, grasp_pose_from_mask
+from .image_conversion import image_msg_to_array, image_msg_to_rgb
 from .overlay import draw_overlay
-from .ros_messages import Answer, MsgTypes, not_found_messages, result_messages
+from .ros_messages import (
+    Answer,
+    MsgTypes,
+    best_detection,
+    clear_markers_msg,
+    marker_array_msg,
+    not_found_messages,
+    point_cloud_msg,
+    result_messages,
+    set_pose,
+    set_pose_invalid,
+)
 
 NODE_NAME = "grasp_locator"
 COMMAND_QUEUE_SIZE = 8
@@ -83,7 +103,7 @@ class GraspLocatorNode(Node):
         for name in node_params.unknown_overrides(self):
             self.get_logger().warning(f"ignoring unknown parameter '{name}'")
         self._settings = node_params.node_settings(values)
-        self._types = MsgTypes.load()
+        self._types = MsgTypes.load(depth=self._settings.use_depth)
 
         config = node_params.locator_config(values)
         self.get_logger().info(
@@ -107,6 +127,12 @@ class GraspLocatorNode(Node):
         self._target_pub = self.create_publisher(t.grasp_target, "grasp_target", latched)
         self._mask_pub = self.create_publisher(t.image, "mask", reliable)
         self._overlay_pub = self.create_publisher(t.image, "overlay", reliable)
+        self._pairer: Optional[FramePairer] = None
+        if self._settings.use_depth:
+            self._pairer = FramePairer(self._settings.depth_max_dt)
+            self._pose_pub = self.create_publisher(t.pose_stamped, "target_pose", reliable)
+            self._cloud_pub = self.create_publisher(t.point_cloud, "object_cloud", reliable)
+            self._markers_pub = self.create_publisher(t.marker_array, "markers", reliable)
 
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -119,9 +145,18 @@ class GraspLocatorNode(Node):
         image_qos = qos_profile_sensor_data
         if self._settings.image_qos == "reliable":
             image_qos = _reliable(1)
+        if self._pairer is not None:  # before `image`: subscribed image = fully ready
+            # Same QoS as the image (sensor_data by default: best effort matches any publisher).
+            self._depth_sub = self.create_subscription(Image, "depth", self._on_depth, image_qos)
+            self._info_sub = self.create_subscription(
+                CameraInfo, "camera_info", self._on_camera_info, image_qos)
         self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
         self._command_sub = self.create_subscription(
             String, "command", self._on_command, _reliable(10))
+        if self._pairer is not None:
+            self.get_logger().info(
+                f"3D pose from depth '{self._depth_sub.topic_name}' + "
+                f"'{self._info_sub.topic_name}' (depth_max_dt={self._settings.depth_max_dt:g} s)")
         self.get_logger().info(
             f"ready on {self._locator.device}: image '{self._image_sub.topic_name}' "
             f"({self._settings.image_qos}), command '{self._command_sub.topic_name}'")
@@ -150,6 +185,19 @@ class GraspLocatorNode(Node):
             self._seq += 1
             self._frame = Frame(self._seq, msg.header, rgb, received)
             self._cond.notify_all()
+
+    def _on_depth(self, msg: Image) -> None:
+        """Buffer the depth frame (converted in the worker, only when used)."""
+        assert self._pairer is not None
+        try:
+            self._pairer.add_depth(stamp_to_seconds(msg.header.stamp), msg)
+        except ValueError as e:
+            self.get_logger().warning(f"skipping depth frame: {e}",
+                                      throttle_duration_sec=THROTTLE_S)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        assert self._pairer is not None
+        self._pairer.set_camera_info(msg)
 
     def _on_command(self, msg: String) -> None:
         dropped: Optional[Command] = None
@@ -282,8 +330,10 @@ class GraspLocatorNode(Node):
             except Exception as e:  # noqa: BLE001 - an overlay is optional
                 self.get_logger().error(f"overlay failed: {type(e).__name__}: {e}",
                                         throttle_duration_sec=THROTTLE_S)
-        self._publish(
-            result_messages(self._types, frame.header, result, text, overlay_rgb=overlay))
+        answer = result_messages(self._types, frame.header, result, text, overlay_rgb=overlay)
+        if self._pairer is not None:
+            self._add_pose(answer, frame, result)
+        self._publish(answer)
         total = (result.timings_ms or {}).get("total", float("nan"))
         if result.found and result.detections:
             best = result.detections[0]
@@ -294,6 +344,45 @@ class GraspLocatorNode(Node):
             line = f"{result.target!r} not found: {result.reason} ({total:.0f} ms)"
         # Continuous mode answers every frame: keep those at debug level.
         (self.get_logger().info if log_result else self.get_logger().debug)(line)
+
+    def _add_pose(self, answer: Answer, frame: Frame, result: Any) -> None:
+        """Fill the 3D outputs of ``answer`` from the depth frame paired with ``frame``."""
+        best = best_detection(result)
+        if best is None:
+            answer.markers = clear_markers_msg(self._types, frame.header)
+            return
+        try:
+            depth_header, grasp = self._grasp_pose(frame, np.asarray(best.mask, dtype=bool))
+        except (PoseError, ValueError, TypeError) as e:
+            reason = str(e) if str(e).startswith("pose: ") else f"pose: {e}"
+            set_pose_invalid(answer.grasp_target, reason)
+            answer.markers = clear_markers_msg(self._types, frame.header)
+            self.get_logger().warning(reason, throttle_duration_sec=THROTTLE_S)
+            return
+        t = self._types
+        answer.pose = set_pose(t, answer.grasp_target, depth_header, grasp)
+        answer.cloud = point_cloud_msg(t, depth_header, grasp.points)
+        answer.markers = marker_array_msg(t, depth_header, grasp, str(result.target or ""),
+                                          float(best.score))
+
+    def _grasp_pose(self, frame: Frame, mask: np.ndarray) -> Tuple[Header, Any]:
+        """(depth header, GraspPose); raises PoseError/ValueError with the reason."""
+        pairer = self._pairer
+        assert pairer is not None
+        info = pairer.camera_info
+        if info is None:
+            raise PoseError(f"pose: no camera_info received on '{self._info_sub.topic_name}'")
+        paired = pairer.match(stamp_to_seconds(frame.header.stamp))
+        if paired is None:
+            raise PoseError(f"pose: no depth frame within {pairer.max_dt:g} s of the image "
+                            f"stamp ({len(pairer)} buffered on '{self._depth_sub.topic_name}')")
+        depth_msg = paired.payload
+        try:
+            camera = CameraModel.from_camera_info(info)
+        except ValueError as e:
+            raise PoseError(f"pose: bad camera_info: {e}") from e
+        depth_m = depth_to_metres(image_msg_to_array(depth_msg), depth_msg.encoding)
+        return depth_msg.header, grasp_pose_from_mask(mask, depth_m, camera)
 
     # ------------------------------------------------------------------ output
     def _fallback_header(self) -> Header:
@@ -313,6 +402,12 @@ class GraspLocatorNode(Node):
                 self._mask_pub.publish(answer.mask)
             if answer.overlay is not None:
                 self._overlay_pub.publish(answer.overlay)
+            if answer.pose is not None:
+                self._pose_pub.publish(answer.pose)
+            if answer.cloud is not None:
+                self._cloud_pub.publish(answer.cloud)
+            if answer.markers is not None:
+                self._markers_pub.publish(answer.markers)
             self._target_pub.publish(answer.grasp_target)
 
     def stop(self, timeout_s: float = 1.0) -> bool:

@@ -142,6 +142,13 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec("command_wait_timeout", 2.0,
               "Seconds a command waits for a fresh frame before it is answered not-found.",
               ">= 0.0", _at_least(0.0), locator=False, dynamic=True),
+    ParamSpec("use_depth", False,
+              "Also compute a 3D grasp pose: subscribe `depth` (sensor_msgs/Image registered "
+              "to the colour image, 16UC1 mm or 32FC1 m) and `camera_info` (of the depth "
+              "image); publish `target_pose`, `object_cloud` and `markers`.", locator=False),
+    ParamSpec("depth_max_dt", 0.05,
+              "Seconds: pair a colour frame only with a depth frame whose header stamp is at "
+              "most this far from the colour stamp.", ">= 0.0", _at_least(0.0), locator=False),
 )
 
 SPECS_BY_NAME: Dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
@@ -157,6 +164,8 @@ class NodeSettings:
     publish_overlay: bool = True
     image_qos: str = "sensor_data"
     command_wait_timeout: float = 2.0
+    use_depth: bool = False
+    depth_max_dt: float = 0.05
 
 
 def defaults() -> Dict[str, Any]:
