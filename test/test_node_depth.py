@@ -6,7 +6,6 @@ One node process, four inferences.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
