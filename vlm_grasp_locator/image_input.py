@@ -36,7 +36,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     if dtype.kind == "f":
         if not np.isfinite(image).all():
             raise ValueError("float image contains NaN or infinity")
-        scaled = np.clip(image.astype(np.float32) * np.float32(255.0), 0.0, 255.0)
+        scaled = np.clip(image, 0.0, 1.0).astype(np.float32) * np.float32(255.0)
         return np.rint(scaled).astype(np.uint8)
     raise ValueError(
         f"unsupported image dtype {dtype}; "
