@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,12 +27,24 @@ from .models import DEFAULT_CLIP_MODEL, available_clip_models, load_models
 
 LOG = logging.getLogger(__name__)
 
+MODES = ("exact", "fast")
+BACKENDS = ("torch", "onnxruntime")
+
+# Called between pipeline stages with (stage, progress in [0, 1]); it may raise to cancel
+# the query (the exception propagates out of ``locate``; nothing half-done is cached).
+StageCallback = Callable[[str, float], None]
+STAGE_PROPOSING = "proposing"
+STAGE_SCORING = "scoring"
+
 
 @dataclass
 class LocatorConfig:
     """Everything that shapes a ``Locator``; the ROS parameters map onto these fields."""
 
     device: str = "auto"
+    mode: str = "exact"  # exact: the founding pipeline's answers; fast: text-guided prompts
+    backend: str = "torch"  # torch | onnxruntime (models exported by `export-onnx`)
+    onnx_dir: str = ""  # "" = the default cache folder for exported models
     num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     allow_random_weights: bool = False  # random weights where a checkpoint file is missing
     mobile_sam_checkpoint: str = ""  # "" = the default cache path
@@ -72,6 +84,10 @@ class LocatorConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.clip_model not in available_clip_models():
@@ -175,6 +191,8 @@ class Locator:
             clip_checkpoint=config.clip_checkpoint,
             allow_random_weights=config.allow_random_weights,
             seed=config.seed,
+            backend=config.backend,
+            onnx_dir=config.onnx_dir,
         )
         return cls(
             config,
@@ -188,12 +206,21 @@ class Locator:
         with self._lock:
             self._cache = None
 
-    def locate(self, image: np.ndarray, command: str, *, channel_order: str = "rgb") -> LocateResult:
+    def locate(
+        self,
+        image: np.ndarray,
+        command: str,
+        *,
+        channel_order: str = "rgb",
+        on_stage: Optional[StageCallback] = None,
+    ) -> LocateResult:
         """Find what ``command`` names in ``image`` (HxW, HxWx3 or HxWx4; see ``to_rgb_uint8``).
 
         Raises ValueError for an unusable image; a command without an object is not an
-        error but a result with ``found=False`` and the reason.
+        error but a result with ``found=False`` and the reason. ``on_stage`` hears
+        ``proposing`` and ``scoring`` (see ``StageCallback``).
         """
+        report: StageCallback = on_stage or (lambda stage, progress: None)
         started = time.perf_counter()
         rgb = to_rgb_uint8(image, channel_order=channel_order)
         height, width = rgb.shape[:2]
@@ -209,7 +236,8 @@ class Locator:
         if parsed.target is None:
             return result(False, parsed.reason, [])
         with self._lock, self._autocast():
-            cache = self._frame(rgb, timings)
+            cache = self._frame(rgb, timings, report)
+            report(STAGE_SCORING, 0.9)
             t0 = time.perf_counter()
             similarity, score = self.scorer.score(cache.embeddings, parsed.target)
             timings["text"] = (time.perf_counter() - t0) * 1e3
@@ -230,15 +258,17 @@ class Locator:
         detections = [self._detection(cache, i, parsed.target, score[i], similarity[i], (height, width)) for i in passing]
         return result(True, "", detections, n)
 
-    def _frame(self, rgb: np.ndarray, timings: Dict[str, float]) -> _FrameCache:
+    def _frame(self, rgb: np.ndarray, timings: Dict[str, float], report: StageCallback) -> _FrameCache:
         """Proposals and crop embeddings for this frame, from the cache when it is the last one."""
         key = frame_key(rgb)
         if self._cache is not None and self._cache.key == key:
             timings["proposals"] = timings["crops"] = 0.0
             return self._cache
         model_image, scale = fit_long_side(rgb, self.config.max_image_side)
+        report(STAGE_PROPOSING, 0.0)
         t0 = time.perf_counter()
         proposals = self.proposer(model_image)
+        report(STAGE_SCORING, 0.7)
         t1 = time.perf_counter()
         embeddings = self.scorer.embed_crops(model_image, proposals.masks, proposals.boxes_xyxy)
         t2 = time.perf_counter()

@@ -15,7 +15,7 @@ With ``crop_n_layers > 0`` the generator from mobile_sam itself is used.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
 class MaskProposer:
     """Segment-everything with MobileSAM; see the module docstring for what is different."""
 
-    def __init__(self, sam: torch.nn.Module, settings: ProposalSettings) -> None:
+    def __init__(self, sam: torch.nn.Module, settings: ProposalSettings, decoder: Optional[FastMaskDecoder] = None) -> None:
         from mobile_sam import SamPredictor
         from mobile_sam.utils.amg import build_point_grid
 
@@ -119,7 +119,7 @@ class MaskProposer:
         self.sam = sam
         self.settings = settings
         self.predictor = SamPredictor(sam)
-        self.decoder = FastMaskDecoder(sam.mask_decoder)
+        self.decoder = decoder if decoder is not None else FastMaskDecoder(sam.mask_decoder)
         self.grid = build_point_grid(settings.points_per_side)
 
     @property
@@ -131,18 +131,28 @@ class MaskProposer:
         """Propose masks for an HxWx3 uint8 RGB image."""
         if self.settings.crop_n_layers > 0:
             return self._with_mobile_sam_generator(image)
+        h, w = image.shape[:2]
+        return self.propose_points(image, self.grid * np.array([[w, h]]))
+
+    @torch.inference_mode()
+    def propose_points(self, image: np.ndarray, points: np.ndarray) -> Proposals:
+        """Masks prompted by single foreground ``points`` ((N, 2) pixel x, y of ``image``).
+
+        The same decoding and filters as the grid (multimask output, predicted-IoU and
+        stability thresholds, box NMS, small-region cleaning); ``crop_n_layers`` is ignored.
+        """
         self.predictor.set_image(image)
         try:
-            return self._propose(image.shape[:2])
+            return self._propose(image.shape[:2], np.asarray(points, dtype=np.float64).reshape(-1, 2))
         finally:
             self.predictor.reset_image()
 
-    def _propose(self, size_hw: Tuple[int, int]) -> Proposals:
+    def _propose(self, size_hw: Tuple[int, int], points: np.ndarray) -> Proposals:
         from mobile_sam.utils.amg import calculate_stability_score
 
         s = self.settings
-        h, w = size_hw
-        points = self.grid * np.array([[w, h]])
+        if len(points) == 0:
+            return Proposals.empty(size_hw)
         in_points = torch.as_tensor(
             self.predictor.transform.apply_coords(points, size_hw), dtype=torch.float32, device=self.device
         )

@@ -103,6 +103,8 @@ def load_models(
     clip_checkpoint: str = "",
     allow_random_weights: bool = False,
     seed: int = 0,
+    backend: str = "torch",
+    onnx_dir: str = "",
 ) -> LoadedModels:
     """Build both models on ``device`` with their checkpoints' weights.
 
@@ -111,6 +113,8 @@ def load_models(
     missing (not allowed), corrupt or mismatched checkpoint and ``ValueError`` for a bad
     device or model name.
     """
+    if backend != "torch":
+        raise ValueError(f"backend {backend!r} is not available yet (onnx_dir={onnx_dir!r})")
     torch_device = resolve_device(device)
     clip_file = clip_remote_file(clip_model).file  # validates the name before any heavy work
     sources = (

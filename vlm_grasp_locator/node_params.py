@@ -93,6 +93,17 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto",
               "Compute device for both models: auto (CUDA when available), cpu, cuda or cuda:N.",
               "auto | cpu | cuda | cuda:N", _device),
+    ParamSpec("mode", "exact",
+              "exact: the founding pipeline (segment everything, score every mask); fast: "
+              "TinyCLIP picks where to prompt MobileSAM (at most 32 prompts; accuracy not "
+              "measured).", "exact | fast", _one_of("exact", "fast")),
+    ParamSpec("backend", "torch",
+              "Inference engine: torch, or onnxruntime with the models exported by "
+              "`vlm-grasp-locator export-onnx` (CUDA provider when available, else CPU).",
+              "torch | onnxruntime", _one_of("torch", "onnxruntime")),
+    ParamSpec("onnx_dir", "",
+              "Folder of the exported ONNX models for backend onnxruntime; empty = "
+              "~/.cache/vlm_grasp_locator/onnx."),
     ParamSpec("allow_random_weights", False,
               "Run with randomly initialised models when checkpoints are missing "
               "(pipeline smoke tests only: every result is meaningless)."),
