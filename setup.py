@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "vlm-grasp-locator = vlm_grasp_locator.cli:main",
             "grasp_locator_node = vlm_grasp_locator.node:main",
+            "grasp_locator_lifecycle_node = vlm_grasp_locator.lifecycle_node:main",
         ],
     },
 )

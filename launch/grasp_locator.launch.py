@@ -6,13 +6,16 @@
     # `depth` and `camera_info` topics (a depth image registered to the colour image, and
     # the depth image's camera info), relative to the namespace.
     ros2 topic pub --once /command std_msgs/msg/String "{data: 'take the cup'}"
+    ros2 action send_goal /locate vlm_grasp_locator/action/Locate "{command: 'take the cup'}" --feedback
+    # managed:=true starts the lifecycle node (grasp_locator_lifecycle_node); with the
+    # default autostart it configures and activates itself, `ros2 lifecycle set` drives it.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
@@ -27,6 +30,7 @@ def generate_launch_description() -> LaunchDescription:
     device = LaunchConfiguration("device")
     use_rviz = LaunchConfiguration("use_rviz")
     use_depth = LaunchConfiguration("use_depth")
+    managed = LaunchConfiguration("managed")
 
     arguments = [
         DeclareLaunchArgument("namespace", default_value="",
@@ -46,20 +50,28 @@ def generate_launch_description() -> LaunchDescription:
                                           "(overrides params_file)"),
         DeclareLaunchArgument("use_rviz", default_value="false",
                               description="Start RViz2 showing the overlay and the mask"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="Run the managed (lifecycle) node; its `autostart` "
+                                          "parameter (default true) walks it to active"),
     ]
 
-    group = GroupAction([
-        PushRosNamespace(namespace),
-        Node(
+    def locator_node(executable: str, condition: object) -> Node:
+        return Node(
             package="vlm_grasp_locator",
-            executable="grasp_locator_node",
+            executable=executable,
             name="grasp_locator",
             output="screen",
             emulate_tty=True,
             parameters=[params_file, {"device": device,
                                       "use_depth": ParameterValue(use_depth, value_type=bool)}],
             remappings=[("image", image_topic), ("command", command_topic)],
-        ),
+            condition=condition,
+        )
+
+    group = GroupAction([
+        PushRosNamespace(namespace),
+        locator_node("grasp_locator_node", UnlessCondition(managed)),
+        locator_node("grasp_locator_lifecycle_node", IfCondition(managed)),
         Node(
             package="rviz2",
             executable="rviz2",

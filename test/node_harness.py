@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 from vlm_grasp_locator.demo import (
     LocatorClient,
@@ -23,7 +26,8 @@ from vlm_grasp_locator.demo import (
 
 __all__ = [
     "SMALL_PARAMS", "RunningNode", "messages_unavailable", "next_stamp", "run_node_to_exit",
-    "array_to_image_msg", "bbox_xyxy", "image_msg_array",
+    "array_to_image_msg", "bbox_xyxy", "image_msg_array", "reserve_domain_id", "LocatorClient",
+    "ScriptedLocator", "LocateCaller",
 ]
 
 # Random weights and a tiny prompt grid: the pipeline runs end to end in a few seconds
@@ -67,26 +71,45 @@ class RunningNode:
     """One node process on a private domain plus a client talking to it."""
 
     def __init__(self, log_dir: Path, params: Mapping[str, Any], *, ready_timeout_s: float = 180.0,
-                 ros_args: Sequence[str] = ()) -> None:
-        self.domain_id, self._lock = reserve_domain_id()
+                 ros_args: Sequence[str] = (), node_args: Sequence[str] = (),
+                 namespace: str = "", domain_id: Optional[int] = None,
+                 wait_ready: bool = True) -> None:
+        """``node_args``: before --ros-args (``--managed``); ``namespace``: the node's and
+        the client's (``/left``); ``domain_id``: share a domain the caller reserved (with
+        :func:`reserve_domain_id`); ``wait_ready=False``: do not wait for the subscriptions
+        (an unconfigured managed node has none)."""
+        if domain_id is None:
+            self.domain_id, self._lock = reserve_domain_id()
+        else:
+            self.domain_id, self._lock = domain_id, None
+        self.namespace = namespace
+        tag = f"{self.domain_id}{namespace.replace('/', '_')}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.stdout_path = log_dir / f"node_{self.domain_id}.out"
-        self.stderr_path = log_dir / f"node_{self.domain_id}.err"
+        self.stdout_path = log_dir / f"node_{tag}.out"
+        self.stderr_path = log_dir / f"node_{tag}.err"
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
+        if namespace:
+            ros_args = [*ros_args, "-r", f"__ns:={namespace}"]
         self.process = NodeProcess(params, self.domain_id, ros_args=ros_args,
-                                   stdout=self._out, stderr=self._err)
+                                   stdout=self._out, stderr=self._err, node_args=node_args)
         self.client: Optional[LocatorClient] = None
         self._param_client: Any = None
         try:
-            self.client = LocatorClient(self.domain_id, name=f"test_client_{os.getpid()}")
-            if not self.client.wait_ready(ready_timeout_s, self.process.alive):
+            self.client = LocatorClient(self.domain_id, namespace=namespace,
+                                        name=f"test_client_{os.getpid()}")
+            if wait_ready and not self.client.wait_ready(ready_timeout_s, self.process.alive):
                 raise RuntimeError(
                     f"node not ready after {ready_timeout_s} s "
                     f"(exit code {self.process.returncode}):\n" + self.logs()[-3000:])
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def node_name(self) -> str:
+        """The node's fully qualified name, e.g. ``/left/grasp_locator``."""
+        return f"{self.namespace.rstrip('/')}/grasp_locator"
 
     def logs(self) -> str:
         for f in (self._out, self._err):
@@ -129,7 +152,7 @@ class RunningNode:
 
         assert self.client is not None
         if self._param_client is None:
-            self._param_client = AsyncParameterClient(self.client.node, "grasp_locator")
+            self._param_client = AsyncParameterClient(self.client.node, self.node_name)
         assert self._param_client.wait_for_services(timeout_sec=timeout_s)
         future = self._param_client.set_parameters(
             [Parameter(k, value=v) for k, v in values.items()])
@@ -153,7 +176,7 @@ class RunningNode:
         for f in (self._out, self._err):
             if not f.closed:
                 f.close()
-        if not self._lock.closed:
+        if self._lock is not None and not self._lock.closed:
             self._lock.close()
         return code, took
 
@@ -175,3 +198,110 @@ def run_node_to_exit(params: Mapping[str, Any], ros_args: Sequence[str] = (),
         return proc.proc.returncode, err.decode(errors="replace") + out.decode(errors="replace")
     finally:
         lock.close()
+
+
+class ScriptedLocator:
+    """Stands in for the core: instant, blockable, and made to fail on request."""
+
+    random_weights = True
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+        self.calls: list = []
+
+    def locate(self, image: np.ndarray, command: str, on_stage: Any = None) -> Any:
+        from vlm_grasp_locator.command_parser import parse_command
+        from vlm_grasp_locator.locator import Detection, LocateResult
+
+        report = on_stage or (lambda stage, progress: None)
+        self.calls.append(command)
+        report("proposing", 0.0)
+        assert self.gate.wait(60)
+        report("scoring", 0.7)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        h, w = image.shape[:2]
+        mask = np.zeros((h, w), bool)
+        mask[10:30, 20:60] = True
+        target = parse_command(command).target
+        dets = [Detection(label=target, score=s, box_xyxy=(20.0, 10.0, 60.0, 30.0), mask=mask,
+                          mask_area=int(mask.sum()), similarity=0.3) for s in (0.9, 0.5)]
+        return LocateResult(command, target, True, "", (w, h), dets, {"total": 1.0})
+
+
+class LocateCaller:
+    """An ActionClient for the node's ``locate`` action on a LocatorClient's node."""
+
+    def __init__(self, client: LocatorClient, action_name: str = "locate",
+                 timeout_s: float = 30.0) -> None:
+        from rclpy.action import ActionClient
+
+        from vlm_grasp_locator.action import Locate
+
+        self.client = client
+        self.Locate = Locate
+        self.action = ActionClient(client.node, Locate, action_name)
+        assert client.spin_until(self.action.server_is_ready, timeout_s), "no locate server"
+        # The feedback subscription must be matched before the first goal's feedback.
+        name = client.node.resolve_topic_name(f"{action_name}/_action/feedback")
+        assert client.spin_until(lambda: client.node.count_publishers(name) > 0, timeout_s)
+        client.spin_until(lambda: False, 0.3)
+
+    def send(self, command: str, timeout_s: float = 30.0) -> "GoalRun":
+        """Send a goal; the run once the server answered (accepted or rejected)."""
+        run = GoalRun(self, command)
+        future = self.action.send_goal_async(self.Locate.Goal(command=command),
+                                             feedback_callback=run.on_feedback)
+        assert self.client.spin_until(future.done, timeout_s), "goal not answered"
+        run.handle = future.result()
+        if run.handle.accepted:
+            run.result_future = run.handle.get_result_async()
+        return run
+
+    def close(self) -> None:
+        self.action.destroy()
+
+
+class GoalRun:
+    """One goal: its feedback (stage, progress) in arrival order, and its result."""
+
+    def __init__(self, caller: LocateCaller, command: str) -> None:
+        self.caller = caller
+        self.command = command
+        self.feedback: List[Tuple[str, float]] = []
+        self.handle: Any = None
+        self.result_future: Any = None
+
+    def on_feedback(self, msg: Any) -> None:
+        self.feedback.append((msg.feedback.stage, msg.feedback.progress))
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.handle is not None and self.handle.accepted)
+
+    def stages(self) -> List[str]:
+        """The feedback stages with repeats collapsed."""
+        out: List[str] = []
+        for stage, _ in self.feedback:
+            if not out or out[-1] != stage:
+                out.append(stage)
+        return out
+
+    def cancel(self, timeout_s: float = 10.0) -> Any:
+        future = self.handle.cancel_goal_async()
+        assert self.caller.client.spin_until(future.done, timeout_s), "cancel not answered"
+        return future.result()
+
+    def wait(self, timeout_s: float = 120.0) -> Tuple[int, Any]:
+        """(GoalStatus status, GraspTarget); the feedback that came with it is collected too."""
+        assert self.result_future is not None, "goal was not accepted"
+        client = self.caller.client
+        assert client.spin_until(self.result_future.done, timeout_s), \
+            f"no result for {self.command!r} within {timeout_s} s"
+        client.spin_until(lambda: False, 0.2)  # feedback published just before the result
+        response = self.result_future.result()
+        return response.status, response.result.target

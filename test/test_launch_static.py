@@ -18,10 +18,17 @@ from vlm_grasp_locator.node_params import PARAM_NAMES, PARAM_SPECS, ParameterErr
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "grasp_locator.launch.py"
+MULTI_CAMERA_FILE = ROOT / "launch" / "multi_camera.launch.py"
 PARAMS_FILE = ROOT / "config" / "params.yaml"
 RVIZ_FILE = ROOT / "config" / "grasp_locator.rviz"
 LAUNCH_ARGUMENTS = {
-    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz", "use_depth"}
+    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz", "use_depth",
+    "managed"}
+MULTI_CAMERA_ARGUMENTS = {"cameras", "image_topic", "params_file", "device", "use_depth",
+                          "managed"}
+EXECUTABLES = {"grasp_locator_node": "vlm_grasp_locator.node",
+               "grasp_locator_lifecycle_node": "vlm_grasp_locator.lifecycle_node",
+               "vlm-grasp-locator": "vlm_grasp_locator.cli"}
 
 
 def _declared_arguments(tree: ast.AST) -> List[str]:
@@ -52,6 +59,54 @@ def test_launch_file_compiles_and_declares_the_documented_arguments() -> None:
     functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in functions
     assert "grasp_locator_node" in source and "grasp_locator.rviz" in source
+    assert "grasp_locator_lifecycle_node" in source  # managed:=true
+
+
+def _argument_defaults(tree: ast.AST) -> dict:
+    defaults = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
+            for k in node.keywords:
+                if k.arg == "default_value" and isinstance(k.value, ast.Constant):
+                    defaults[node.args[0].value] = k.value.value
+    return defaults
+
+
+def test_multi_camera_launch_declares_its_arguments_and_one_node_per_camera() -> None:
+    source = MULTI_CAMERA_FILE.read_text()
+    compile(source, str(MULTI_CAMERA_FILE), "exec")
+    tree = ast.parse(source)
+    assert sorted(_declared_arguments(tree)) == sorted(MULTI_CAMERA_ARGUMENTS)
+    defaults = _argument_defaults(tree)
+    assert defaults["cameras"] == "left,right" and defaults["managed"] == "false"
+    assert defaults["image_topic"] == "image"  # relative: stays in each namespace
+    functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert {"generate_launch_description", "camera_nodes"} <= functions
+    node_calls = [n for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
+    assert len(node_calls) == 1  # built once per camera in a comprehension
+    keywords = {k.arg for k in node_calls[0].keywords}
+    assert {"namespace", "parameters", "name", "executable"} <= keywords
+    assert "OpaqueFunction" in source
+    assert "grasp_locator_node" in source and "grasp_locator_lifecycle_node" in source
+
+
+def test_launch_files_use_relative_topic_names() -> None:
+    for path in (LAUNCH_FILE, MULTI_CAMERA_FILE):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "remappings":
+                for pair in ast.walk(node.value):
+                    if isinstance(pair, ast.Constant) and isinstance(pair.value, str):
+                        assert not pair.value.startswith("/"), (path.name, pair.value)
+
+
+def test_executables_agree_across_cmake_setup_py_and_launch_files() -> None:
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    setup_py = (ROOT / "setup.py").read_text()
+    for name, module in EXECUTABLES.items():
+        assert f"add_python_executable({name} {module})" in cmake, name
+        assert f'"{name} = {module}:main"' in setup_py, name
+        assert importlib.util.find_spec(module) is not None, module
 
 
 def test_params_yaml_names_exactly_the_declared_parameters() -> None:
@@ -112,3 +167,11 @@ def test_launch_description_builds() -> None:  # pragma: no cover - needs a ROS 
     description = module.generate_launch_description()
     declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert declared == LAUNCH_ARGUMENTS
+
+    spec = importlib.util.spec_from_file_location("multi_camera_launch", MULTI_CAMERA_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
+    assert declared == MULTI_CAMERA_ARGUMENTS

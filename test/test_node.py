@@ -15,6 +15,7 @@ import pytest
 from node_harness import (
     SMALL_PARAMS,
     RunningNode,
+    ScriptedLocator,
     bbox_xyxy,
     image_msg_array,
     messages_unavailable,
@@ -326,38 +327,6 @@ def test_bad_parameter_exits_naming_it(override: str, name: str) -> None:
 
 
 # ------------------------------------------------------------ in-process, scripted core
-class ScriptedLocator:
-    """Stands in for the core: instant, blockable, and made to fail on request."""
-
-    random_weights = True
-    device = "cpu"
-
-    def __init__(self) -> None:
-        import threading
-
-        self.gate = threading.Event()
-        self.gate.set()
-        self.fail_next = False
-        self.calls: list = []
-
-    def locate(self, image: np.ndarray, command: str) -> Any:
-        from vlm_grasp_locator.command_parser import parse_command
-        from vlm_grasp_locator.locator import Detection, LocateResult
-
-        self.calls.append(command)
-        assert self.gate.wait(60)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("boom")
-        h, w = image.shape[:2]
-        mask = np.zeros((h, w), bool)
-        mask[10:30, 20:60] = True
-        target = parse_command(command).target
-        dets = [Detection(label=target, score=s, box_xyxy=(20.0, 10.0, 60.0, 30.0), mask=mask,
-                          mask_area=int(mask.sum()), similarity=0.3) for s in (0.9, 0.5)]
-        return LocateResult(command, target, True, "", (w, h), dets, {"total": 1.0})
-
-
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The real node class in this process, its core replaced by a ScriptedLocator."""

@@ -93,9 +93,11 @@ class NodeProcess:
         ros_args: Sequence[str] = (),
         stdout: Optional[IO[Any]] = None,
         stderr: Optional[IO[Any]] = None,
+        node_args: Sequence[str] = (),
     ) -> None:
-        self.command = [sys.executable, "-m", "vlm_grasp_locator.node", "--ros-args",
-                        *param_args(params), *ros_args]
+        # node_args go before --ros-args (e.g. "--managed": the lifecycle node)
+        self.command = [sys.executable, "-m", "vlm_grasp_locator.node", *node_args,
+                        "--ros-args", *param_args(params), *ros_args]
         self.proc = subprocess.Popen(self.command, env=ros_env(domain_id),
                                      stdout=stdout, stderr=stderr)
 

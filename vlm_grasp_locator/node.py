@@ -1,8 +1,10 @@
 """ROS 2 node ``grasp_locator``: a command ("take the cup") + camera frames -> where the object is.
 
-Subscribes ``image`` (sensor_msgs/Image) and ``command`` (std_msgs/String); publishes
-``detections`` (vision_msgs/Detection2DArray), ``grasp_target`` (GraspTarget, transient
-local), ``mask`` (mono8) and ``overlay`` (rgb8). All outputs carry the source frame's header.
+Subscribes ``image`` (sensor_msgs/Image) and ``command`` (std_msgs/String), serves the
+``locate`` action (vlm_grasp_locator/action/Locate); publishes ``detections``
+(vision_msgs/Detection2DArray), ``grasp_target`` (GraspTarget, transient local), ``mask``
+(mono8) and ``overlay`` (rgb8), all with the source frame's header, and its health on
+``/diagnostics`` (about 1 Hz).
 
 With ``use_depth``: also subscribes ``depth`` (sensor_msgs/Image registered to the colour
 image, 16UC1 mm or 32FC1 m) and ``camera_info`` (of the depth image), and publishes
@@ -12,24 +14,27 @@ paired depth frame's header (its optical frame). Without a usable depth frame th
 outputs still go out, with pose_valid=false and the reason in GraspTarget.reason.
 
 The node is a thin layer: it converts messages, declares parameters and schedules work.
-Inference runs on one worker thread so the executor keeps receiving frames; only the
-newest frame is kept (one slot, overwritten).
+Topic commands and action goals are jobs in one FIFO answered by one worker thread (so
+they share the core's per-frame cache); the executor keeps receiving frames and only the
+newest frame is kept (one slot, overwritten). :class:`GraspLocatorBase` holds the
+set-up/tear-down steps that the plain node runs at once and the managed node
+(``lifecycle_node.py``) runs in its lifecycle transitions.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Deque, List, Optional, Tuple
 
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -48,6 +53,20 @@ from .command_parser import is_stop_command, parse_command
 from .frame_pairing import FramePairer, stamp_to_seconds
 from .grasp_geometry import CameraModel, PoseError, depth_to_metres, grasp_pose_from_mask
 from .image_conversion import image_msg_to_array, image_msg_to_rgb
+from .node_diagnostics import DIAGNOSTICS_TOPIC, PERIOD_S, NodeHealth, diagnostic_array
+from .node_jobs import (
+    ABORTED,
+    CANCELED,
+    PROGRESS_3D,
+    STAGE_3D,
+    STAGE_DONE,
+    STAGE_WAITING,
+    SUCCEEDED,
+    Frame,
+    Job,
+    JobCanceled,
+    NodeStats,
+)
 from .overlay import draw_overlay
 from .ros_messages import (
     Answer,
@@ -63,24 +82,15 @@ from .ros_messages import (
 )
 
 NODE_NAME = "grasp_locator"
-COMMAND_QUEUE_SIZE = 8
+COMMAND_QUEUE_SIZE = 8  # queued topic commands and action goals together
 THROTTLE_S = 5.0
+POLL_S = 0.1  # a goal waiting for a frame looks for a cancel request this often
+# Executor threads: every accepted goal waits in its own execute callback (at most the
+# queue plus the running one), and frames, commands, services and timers need one more.
+EXECUTOR_THREADS = COMMAND_QUEUE_SIZE + 4
 
-
-@dataclass
-class Frame:
-    """The newest usable camera frame."""
-
-    seq: int
-    header: Header
-    rgb: np.ndarray
-    received: float  # time.monotonic() at arrival
-
-
-@dataclass
-class Command:
-    text: str
-    received: float
+# Kept for code that imported the old names from here.
+Command = Job
 
 
 def _reliable(depth: int) -> QoSProfile:
@@ -93,75 +103,160 @@ def _short(text: str, limit: int = 60) -> str:
     return repr(text[:limit]) + (f"... ({len(text)} chars)" if len(text) > limit else "")
 
 
-class GraspLocatorNode(Node):
-    """Answers every command exactly once on ``grasp_target`` (+ detections, mask, overlay)."""
+class GraspLocatorBase:
+    """The node's body, mixed into rclpy's Node (plain) or LifecycleNode (managed).
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        # Raises ParameterError / CheckpointError / ImportError: main() reports them.
+    Steps: :meth:`_declare` (constructor: parameters, state, diagnostics),
+    :meth:`_configure` (models, publishers, action server, worker), :meth:`_activate`
+    (subscriptions; answers go out), :meth:`_deactivate`, :meth:`_cleanup`.
+    """
+
+    # ------------------------------------------------------------------ set-up steps
+    def _declare(self: Any) -> None:
+        """Parameters (validated: raises ParameterError), state and the diagnostics timer."""
         values = node_params.declare_all(self)
         for name in node_params.unknown_overrides(self):
             self.get_logger().warning(f"ignoring unknown parameter '{name}'")
+        self._values = values
         self._settings = node_params.node_settings(values)
+        self._config = node_params.locator_config(values)
         self._types = MsgTypes.load(depth=self._settings.use_depth)
 
-        config = node_params.locator_config(values)
-        self.get_logger().info(
-            f"loading models (device={config.device}, clip_model={config.clip_model})")
-        self._locator = self._load_locator(config)
-
+        self._locator: Any = None
         self._cond = threading.Condition()
         self._frame: Optional[Frame] = None
         self._seq = 0
-        self._commands: Deque[Command] = collections.deque()
+        self._jobs: Deque[Job] = collections.deque()
         self._track: Optional[str] = None  # continuous mode: command being followed
         self._track_seq = 0  # last frame seq located for the tracked command
         self._stopping = False
+        self._active = False  # answers go out only while active
+        self._worker: Optional[threading.Thread] = None
         self._publish_lock = threading.Lock()
+        self._stats = NodeStats()
+        self._lifecycle_state = "unconfigured"
+        self._output_pubs: List[Any] = []
+        self._subscriptions_live: List[Any] = []
+        self._action: Any = None
+        self._pairer: Optional[FramePairer] = None
+
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, _reliable(10))
+        self._diag_timer = self.create_timer(PERIOD_S, self._publish_diagnostics)
+
+    def _create_output_publisher(self: Any, msg_type: type, topic: str, qos: QoSProfile) -> Any:
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_output_publisher(self: Any, publisher: Any) -> None:
+        self.destroy_publisher(publisher)
+
+    def _configure(self: Any) -> None:
+        """Load the models, create the publishers and the action server, start the worker."""
+        from .node_action import LocateActionServer
+
+        config = self._config
+        self.get_logger().info(
+            f"loading models (device={config.device}, clip_model={config.clip_model})")
+        self._locator = self._load_locator(config)
 
         reliable = _reliable(5)
         latched = _reliable(1)  # a late planner still gets the last answer
         latched.durability = DurabilityPolicy.TRANSIENT_LOCAL
         t = self._types
-        self._detections_pub = self.create_publisher(t.detection_array, "detections", reliable)
-        self._target_pub = self.create_publisher(t.grasp_target, "grasp_target", latched)
-        self._mask_pub = self.create_publisher(t.image, "mask", reliable)
-        self._overlay_pub = self.create_publisher(t.image, "overlay", reliable)
-        self._pairer: Optional[FramePairer] = None
+        make = self._create_output_publisher
+        self._detections_pub = make(t.detection_array, "detections", reliable)
+        self._target_pub = make(t.grasp_target, "grasp_target", latched)
+        self._mask_pub = make(t.image, "mask", reliable)
+        self._overlay_pub = make(t.image, "overlay", reliable)
+        self._output_pubs = [self._detections_pub, self._target_pub, self._mask_pub,
+                            self._overlay_pub]
         if self._settings.use_depth:
             self._pairer = FramePairer(self._settings.depth_max_dt)
-            self._pose_pub = self.create_publisher(t.pose_stamped, "target_pose", reliable)
-            self._cloud_pub = self.create_publisher(t.point_cloud, "object_cloud", reliable)
-            self._markers_pub = self.create_publisher(t.marker_array, "markers", reliable)
+            self._pose_pub = make(t.pose_stamped, "target_pose", reliable)
+            self._cloud_pub = make(t.point_cloud, "object_cloud", reliable)
+            self._markers_pub = make(t.marker_array, "markers", reliable)
+            self._output_pubs += [self._pose_pub, self._cloud_pub, self._markers_pub]
+        self._action = LocateActionServer(self, admit=self._admit_goal, submit=self._submit,
+                                          withdraw=self._withdraw)
+        self._start_worker()
 
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-
-        # A daemon: SIGINT must not wait for an inference to finish.
-        self._worker = threading.Thread(target=self._work, name="locator_worker", daemon=True)
-        self._worker.start()
-
+    def _activate(self: Any) -> None:
+        """Subscriptions go live; answers are published."""
+        with self._publish_lock, self._cond:
+            self._active = True
         # Subscriptions last: a matched subscriber means the node is ready to answer.
         image_qos = qos_profile_sensor_data
         if self._settings.image_qos == "reliable":
             image_qos = _reliable(1)
+        subs = []
         if self._pairer is not None:  # before `image`: subscribed image = fully ready
             # Same QoS as the image (sensor_data by default: best effort matches any publisher).
             self._depth_sub = self.create_subscription(Image, "depth", self._on_depth, image_qos)
             self._info_sub = self.create_subscription(
                 CameraInfo, "camera_info", self._on_camera_info, image_qos)
-        self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
-        self._command_sub = self.create_subscription(
-            String, "command", self._on_command, _reliable(10))
-        if self._pairer is not None:
+            subs += [self._depth_sub, self._info_sub]
             self.get_logger().info(
                 f"3D pose from depth '{self._depth_sub.topic_name}' + "
                 f"'{self._info_sub.topic_name}' (depth_max_dt={self._settings.depth_max_dt:g} s)")
+        self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
+        self._command_sub = self.create_subscription(
+            String, "command", self._on_command, _reliable(10))
+        self._subscriptions_live = subs + [self._image_sub, self._command_sub]
         self.get_logger().info(
             f"ready on {self._locator.device}: image '{self._image_sub.topic_name}' "
-            f"({self._settings.image_qos}), command '{self._command_sub.topic_name}'")
+            f"({self._settings.image_qos}), command '{self._command_sub.topic_name}', "
+            f"action '{self.get_fully_qualified_name().rstrip('/').rsplit('/', 1)[0]}/locate'")
 
-    def _load_locator(self, config: Any) -> Any:
+    def _deactivate(self: Any) -> None:
+        """No more input or output; queued jobs end (goals ABORTED), a running one stops
+        at its next stage."""
+        for sub in self._subscriptions_live:
+            self.destroy_subscription(sub)
+        self._subscriptions_live = []
+        with self._publish_lock, self._cond:
+            self._active = False
+            self._track = None
+            pending = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+        for job in pending:
+            self.finish_canceled(job, "node deactivated", ABORTED)
+
+    def _cleanup(self: Any, timeout_s: float = 30.0) -> bool:
+        """Stop the worker, drop publishers, action server, models and frame cache.
+
+        False when an inference is still running after ``timeout_s`` (nothing freed then).
+        """
+        if not self._stop_worker(timeout_s):
+            return False
+        if self._action is not None:
+            self._action.destroy()
+            self._action = None
+        for pub in self._output_pubs:
+            self._destroy_output_publisher(pub)
+        self._output_pubs = []
+        with self._cond:
+            self._frame = None
+            self._pairer = None
+        locator, self._locator = self._locator, None
+        if locator is not None and hasattr(locator, "clear_cache"):
+            locator.clear_cache()
+        del locator
+        gc.collect()
+        self._free_accelerator_memory()
+        return True
+
+    @staticmethod
+    def _free_accelerator_memory() -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load_locator(self: Any, config: Any) -> Any:
         from .locator import Locator  # torch: imported only once the parameters are fine
 
         locator = Locator.from_config(config)
@@ -172,48 +267,63 @@ class GraspLocatorNode(Node):
         return locator
 
     # ------------------------------------------------------------------ callbacks
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self: Any, msg: Image) -> None:
         received = time.monotonic()
+        self._stats.add("frames_received")
         try:
             rgb = image_msg_to_rgb(msg)
         except (ValueError, TypeError) as e:
+            self._stats.add("frames_bad")
             self.get_logger().warning(
                 f"skipping image {msg.width}x{msg.height} encoding={msg.encoding!r} "
                 f"frame_id={msg.header.frame_id!r}: {e}", throttle_duration_sec=THROTTLE_S)
             return
         with self._cond:
+            if self._frame is not None and not self._frame.used:
+                self._stats.add("frames_replaced_unused")
             self._seq += 1
             self._frame = Frame(self._seq, msg.header, rgb, received)
             self._cond.notify_all()
 
-    def _on_depth(self, msg: Image) -> None:
+    def _on_depth(self: Any, msg: Image) -> None:
         """Buffer the depth frame (converted in the worker, only when used)."""
-        assert self._pairer is not None
+        pairer = self._pairer
+        if pairer is None:
+            return
         try:
-            self._pairer.add_depth(stamp_to_seconds(msg.header.stamp), msg)
+            pairer.add_depth(stamp_to_seconds(msg.header.stamp), msg)
         except ValueError as e:
             self.get_logger().warning(f"skipping depth frame: {e}",
                                       throttle_duration_sec=THROTTLE_S)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        assert self._pairer is not None
-        self._pairer.set_camera_info(msg)
+    def _on_camera_info(self: Any, msg: CameraInfo) -> None:
+        pairer = self._pairer
+        if pairer is not None:
+            pairer.set_camera_info(msg)
 
-    def _on_command(self, msg: String) -> None:
-        dropped: Optional[Command] = None
+    def _on_command(self: Any, msg: String) -> None:
+        """Queue a topic command; when full, the oldest queued topic command is dropped
+        (answered not-found), or this one when the queue holds only action goals."""
+        job = Job(msg.data, time.monotonic())
         with self._cond:
-            if len(self._commands) >= COMMAND_QUEUE_SIZE:
-                dropped = self._commands.popleft()
-            self._commands.append(Command(msg.data, time.monotonic()))
+            dropped: Optional[Job] = None
+            if len(self._jobs) >= COMMAND_QUEUE_SIZE:
+                dropped = next((j for j in self._jobs if not j.is_goal), job)
+                if dropped is not job:
+                    self._jobs.remove(dropped)
+            if dropped is not job:
+                self._jobs.append(job)
             self._cond.notify_all()
         if dropped is not None:
+            why = ("superseded by newer commands" if dropped is not job
+                   else "the queue holds only action goals")
             self.get_logger().warning(f"command queue full: dropping {_short(dropped.text)}",
                                       throttle_duration_sec=THROTTLE_S)
-            self._publish(not_found_messages(
+            self._reply(dropped, not_found_messages(
                 self._types, self._fallback_header(), dropped.text, None,
-                "dropped: command queue full, superseded by newer commands"))
+                f"dropped: command queue full, {why}"))
 
-    def _check_parameters(self, params: List[Parameter]) -> SetParametersResult:
+    def _check_parameters(self: Any, params: List[Parameter]) -> SetParametersResult:
         for p in params:
             spec = node_params.SPECS_BY_NAME.get(p.name)
             problem = spec.problem(p.value) if spec else None
@@ -221,7 +331,7 @@ class GraspLocatorNode(Node):
                 return SetParametersResult(successful=False, reason=f"{p.name}: {problem}")
         return SetParametersResult(successful=True)
 
-    def _apply_parameters(self, params: List[Parameter]) -> None:
+    def _apply_parameters(self: Any, params: List[Parameter]) -> None:
         fields = {f.name for f in dataclasses.fields(node_params.NodeSettings)}
         changes = {p.name: p.value for p in params if p.name in fields}
         if not changes:
@@ -233,38 +343,128 @@ class GraspLocatorNode(Node):
             self._cond.notify_all()
         self.get_logger().info(f"parameters updated: {changes}")
 
+    # ------------------------------------------------------------------ action goals
+    def _admit_goal(self: Any) -> Optional[str]:
+        """Why a new goal is rejected now, or None to accept it."""
+        with self._cond:
+            if not self._active or self._stopping:
+                why: Optional[str] = f"node is {self._lifecycle_state}, not active"
+            elif len(self._jobs) >= COMMAND_QUEUE_SIZE:
+                why = f"queue full ({len(self._jobs)} commands and goals waiting)"
+            else:
+                return None
+        self._stats.add("goals_rejected")
+        return why
+
+    def _submit(self: Any, job: Job) -> None:
+        with self._cond:
+            if self._active and not self._stopping:
+                self._jobs.append(job)
+                self._cond.notify_all()
+                return
+        self.finish_canceled(job, f"node is {self._lifecycle_state}", ABORTED)
+
+    def _withdraw(self: Any, job: Job) -> bool:
+        """Take ``job`` out of the queue; False when the worker already has it (or it ended)."""
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+                return True
+        return False
+
+    def finish_canceled(self: Any, job: Job, reason: str, outcome: str = CANCELED,
+                        header: Any = None) -> None:
+        """End ``job`` without an answer on the topics: found=false with ``reason``."""
+        target = not_found_messages(self._types, header or self._fallback_header(), job.text,
+                                    None, reason).grasp_target
+        if job.is_goal:
+            self.get_logger().info(f"goal {_short(job.text)} ended: {reason}")
+        job.finish(outcome, target)
+
     # ------------------------------------------------------------------ worker
-    def _tracking_due(self) -> bool:
+    def _start_worker(self: Any) -> None:
+        with self._cond:
+            self._stopping = False
+        # A daemon: SIGINT must not wait for an inference to finish.
+        self._worker = threading.Thread(target=self._work, name="locator_worker", daemon=True)
+        self._worker.start()
+
+    def _stop_worker(self: Any, timeout_s: float) -> bool:
+        """Stop the worker; queued jobs end ABORTED. False when an inference still runs."""
+        with self._publish_lock, self._cond:
+            self._stopping = True
+            pending = list(self._jobs)
+            self._jobs.clear()
+            self._cond.notify_all()
+        for job in pending:
+            self.finish_canceled(job, "node shutting down", ABORTED)
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout_s)
+            if worker.is_alive():
+                return False
+        self._worker = None
+        return True
+
+    def _tracking_due(self: Any) -> bool:
         return (self._track is not None and self._frame is not None
                 and self._frame.seq > self._track_seq)
 
-    def _work(self) -> None:
-        """Answer queued commands in order; in continuous mode follow the target on new frames."""
+    def _work(self: Any) -> None:
+        """Answer queued jobs in order; in continuous mode follow the target on new frames."""
         while True:
             with self._cond:
-                while not (self._stopping or self._commands or self._tracking_due()):
+                while not (self._stopping or self._jobs or self._tracking_due()):
                     self._cond.wait()
                 if self._stopping:
                     return
-                command = self._commands.popleft() if self._commands else None
+                job = self._jobs.popleft() if self._jobs else None
                 frame, track = None, None
-                if command is None:
+                if job is None:
                     frame, track = self._frame, self._track
                     self._track_seq = frame.seq
+            if job is not None:
+                self._run_job(job)
+                continue
             try:
-                if command is not None:
-                    self._answer(command)
-                else:
-                    self._locate(frame, track)
+                self._locate(frame, track)
+            except JobCanceled:
+                pass  # deactivated or stopping: tracking ends quietly
             except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
                 if self._stopping:
                     return
-                self.get_logger().error(f"worker: {type(e).__name__}: {e}",
-                                        throttle_duration_sec=THROTTLE_S)
+                self._error(f"worker: {type(e).__name__}: {e}")
 
-    def _answer(self, command: Command) -> None:
-        text = command.text
-        if not text.strip() or is_stop_command(text):
+    def _run_job(self: Any, job: Job) -> None:
+        """Answer ``job`` exactly once, whatever happens."""
+        try:
+            self._check_job(job)
+            self._answer(job)
+        except JobCanceled as e:
+            self.finish_canceled(job, e.reason, e.outcome)
+        except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
+            reason = f"internal error: {type(e).__name__}: {e}"
+            self._error(f"command {_short(job.text)}: {reason}")
+            if not job.done.is_set():
+                self._reply(job, not_found_messages(
+                    self._types, self._fallback_header(), job.text, None, reason))
+        finally:
+            if not job.done.is_set():
+                self.finish_canceled(job, "node shutting down", ABORTED)
+
+    def _check_job(self: Any, job: Optional[Job]) -> None:
+        """Raise JobCanceled when the job's client canceled or the node stops answering."""
+        if self._stopping:
+            raise JobCanceled("node shutting down", ABORTED)
+        if not self._active:
+            raise JobCanceled("node deactivated", ABORTED)
+        if job is not None and job.cancel_requested():
+            raise JobCanceled("canceled")
+
+    def _answer(self: Any, job: Job) -> None:
+        text = job.text
+        job.report(STAGE_WAITING, 0.0)
+        if not job.is_goal and (not text.strip() or is_stop_command(text)):
             with self._cond:
                 if self._track is not None:
                     self.get_logger().info(f"stopped following {_short(self._track)}")
@@ -274,24 +474,25 @@ class GraspLocatorNode(Node):
             reason = parsed.reason or "no target in command"
             self.get_logger().warning(f"command {_short(text)} not actionable: {reason}",
                                       throttle_duration_sec=THROTTLE_S)
-            self._publish(
-                not_found_messages(self._types, self._fallback_header(), text, None, reason))
+            self._reply(job, not_found_messages(
+                self._types, self._fallback_header(), text, None, reason))
             return
-        self.get_logger().info(f"command {_short(text)} -> target {parsed.target!r}")
-        frame, why = self._wait_for_frame()
+        self.get_logger().info(
+            f"{'goal' if job.is_goal else 'command'} {_short(text)} -> target {parsed.target!r}")
+        frame, why = self._wait_for_frame(job)
         if frame is None:
             self.get_logger().warning(f"command {_short(text)}: {why}",
                                       throttle_duration_sec=THROTTLE_S)
-            self._publish(not_found_messages(
+            self._reply(job, not_found_messages(
                 self._types, self._fallback_header(), text, parsed.target, why))
             return
-        self._locate(frame, text, target=parsed.target, log_result=True)
+        self._locate(frame, text, target=parsed.target, job=job)
         with self._cond:
-            if self._settings.continuous:
+            if self._settings.continuous and not job.is_goal:
                 self._track = text
                 self._track_seq = frame.seq
 
-    def _wait_for_frame(self) -> Tuple[Optional[Frame], str]:
+    def _wait_for_frame(self: Any, job: Job) -> Tuple[Optional[Frame], str]:
         """The newest frame within max_image_age, waiting up to command_wait_timeout."""
         settings = self._settings
         deadline = time.monotonic() + settings.command_wait_timeout
@@ -303,8 +504,9 @@ class GraspLocatorNode(Node):
                     return frame, ""
                 if self._stopping or now >= deadline:
                     break
-                self._cond.wait(deadline - now)
-        topic = self._image_sub.topic_name
+                self._check_job(job)
+                self._cond.wait(min(deadline - now, POLL_S) if job.is_goal else deadline - now)
+        topic = self._image_topic()
         if frame is None:
             return None, (f"no image received on '{topic}' "
                           f"(waited command_wait_timeout={settings.command_wait_timeout:g} s)")
@@ -312,28 +514,48 @@ class GraspLocatorNode(Node):
                       f"(max_image_age={max_age:g} s) and no newer one arrived within "
                       f"command_wait_timeout={settings.command_wait_timeout:g} s")
 
-    def _locate(self, frame: Frame, text: str, target: Optional[str] = None,
-                log_result: bool = False) -> None:
-        """Run the core on ``frame`` and publish the answer (not-found if the core raises)."""
+    def _image_topic(self: Any) -> str:
+        sub = getattr(self, "_image_sub", None)
+        return sub.topic_name if sub is not None else "image"
+
+    def _locate(self: Any, frame: Frame, text: str, target: Optional[str] = None,
+                job: Optional[Job] = None) -> None:
+        """Run the core on ``frame`` and publish the answer (not-found if the core raises).
+
+        ``job``: answer that job (with feedback and cancel between stages); None for a
+        continuous-mode frame.
+        """
+        def on_stage(stage: str, progress: float) -> None:
+            self._check_job(job)
+            if job is not None:
+                job.report(stage, progress)
+
+        frame.used = True
+        locator = self._locator
         try:
-            result = self._locator.locate(frame.rgb, text)
+            result = locator.locate(frame.rgb, text, on_stage=on_stage)
+        except JobCanceled:
+            raise
         except Exception as e:  # noqa: BLE001 - answered not-found; the node keeps serving
             reason = f"inference failed: {type(e).__name__}: {e}"
-            self.get_logger().error(f"command {_short(text)}: {reason}",
-                                    throttle_duration_sec=THROTTLE_S)
-            self._publish(not_found_messages(self._types, frame.header, text, target, reason))
+            self._error(f"command {_short(text)}: {reason}")
+            self._reply(job, not_found_messages(self._types, frame.header, text, target, reason))
             return
+        self._check_job(job)
+        with self._stats.lock:
+            self._stats.last_timings_ms = dict(result.timings_ms or {})
         overlay = None
         if self._settings.publish_overlay:
             try:
                 overlay = draw_overlay(frame.rgb, result)
             except Exception as e:  # noqa: BLE001 - an overlay is optional
-                self.get_logger().error(f"overlay failed: {type(e).__name__}: {e}",
-                                        throttle_duration_sec=THROTTLE_S)
+                self._error(f"overlay failed: {type(e).__name__}: {e}")
         answer = result_messages(self._types, frame.header, result, text, overlay_rgb=overlay)
         if self._pairer is not None:
+            if job is not None:
+                job.report(STAGE_3D, PROGRESS_3D)
             self._add_pose(answer, frame, result)
-        self._publish(answer)
+        self._reply(job, answer)
         total = (result.timings_ms or {}).get("total", float("nan"))
         if result.found and result.detections:
             best = result.detections[0]
@@ -343,9 +565,9 @@ class GraspLocatorNode(Node):
         else:
             line = f"{result.target!r} not found: {result.reason} ({total:.0f} ms)"
         # Continuous mode answers every frame: keep those at debug level.
-        (self.get_logger().info if log_result else self.get_logger().debug)(line)
+        (self.get_logger().info if job is not None else self.get_logger().debug)(line)
 
-    def _add_pose(self, answer: Answer, frame: Frame, result: Any) -> None:
+    def _add_pose(self: Any, answer: Answer, frame: Frame, result: Any) -> None:
         """Fill the 3D outputs of ``answer`` from the depth frame paired with ``frame``."""
         best = best_detection(result)
         if best is None:
@@ -365,7 +587,7 @@ class GraspLocatorNode(Node):
         answer.markers = marker_array_msg(t, depth_header, grasp, str(result.target or ""),
                                           float(best.score))
 
-    def _grasp_pose(self, frame: Frame, mask: np.ndarray) -> Tuple[Header, Any]:
+    def _grasp_pose(self: Any, frame: Frame, mask: np.ndarray) -> Tuple[Header, Any]:
         """(depth header, GraspPose); raises PoseError/ValueError with the reason."""
         pairer = self._pairer
         assert pairer is not None
@@ -385,17 +607,30 @@ class GraspLocatorNode(Node):
         return depth_msg.header, grasp_pose_from_mask(mask, depth_m, camera)
 
     # ------------------------------------------------------------------ output
-    def _fallback_header(self) -> Header:
+    def _error(self: Any, text: str) -> None:
+        self._stats.error(text)
+        self.get_logger().error(text, throttle_duration_sec=THROTTLE_S)
+
+    def _fallback_header(self: Any) -> Header:
         """The last frame's header, or one stamped now when no frame arrived yet."""
         frame = self._frame
         if frame is not None:
             return frame.header
         return Header(stamp=self.get_clock().now().to_msg(), frame_id="")
 
-    def _publish(self, answer: Answer) -> None:
+    def _reply(self: Any, job: Optional[Job], answer: Answer) -> None:
+        """Publish ``answer`` and hand it to ``job`` (SUCCEEDED)."""
+        if job is not None:
+            job.report(STAGE_DONE, 1.0)
+        self._publish(answer)
+        if job is not None:
+            self._stats.add("commands_answered")
+            job.finish(SUCCEEDED, answer.grasp_target)
+
+    def _publish(self: Any, answer: Answer) -> None:
         """Publish one answer; grasp_target goes last, after the data it refers to."""
         with self._publish_lock:
-            if self._stopping:
+            if self._stopping or not self._active:
                 return
             self._detections_pub.publish(answer.detections)
             if answer.mask is not None:
@@ -410,25 +645,76 @@ class GraspLocatorNode(Node):
                 self._markers_pub.publish(answer.markers)
             self._target_pub.publish(answer.grasp_target)
 
-    def stop(self, timeout_s: float = 1.0) -> bool:
+    def _health(self: Any) -> NodeHealth:
+        locator, config = self._locator, self._config
+        with self._cond:
+            queued = len(self._jobs)
+        return NodeHealth(
+            name=self.get_fully_qualified_name(),
+            device=str(locator.device) if locator is not None else "",
+            mode=config.mode, backend=config.backend,
+            models=f"mobile_sam (vit_t) + {config.clip_model}",
+            lifecycle_state=self._lifecycle_state,
+            random_weights=bool(locator is not None and locator.random_weights),
+            queue_length=queued)
+
+    def _publish_diagnostics(self: Any) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        msg = diagnostic_array(DiagnosticArray, DiagnosticStatus, KeyValue,
+                               self.get_clock().now().to_msg(), self._health(), self._stats)
+        self._diag_pub.publish(msg)
+
+    def stop(self: Any, timeout_s: float = 1.0) -> bool:
         """Stop the worker; False when an inference is still running after ``timeout_s``."""
-        with self._publish_lock, self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._worker.join(timeout_s)
-        return not self._worker.is_alive()
+        return self._stop_worker(timeout_s)
 
 
-def main(args: Optional[List[str]] = None) -> int:
-    """Run the node until SIGINT/SIGTERM; non-zero exit on a configuration error."""
+class GraspLocatorNode(GraspLocatorBase, Node):
+    """Answers every command exactly once on ``grasp_target`` (+ detections, mask, overlay)
+    and every ``locate`` goal with one result."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        Node.__init__(self, NODE_NAME, **kwargs)
+        # Raises ParameterError / CheckpointError / ImportError: main() reports them.
+        self._declare()
+        self._configure()
+        self._lifecycle_state = "active"
+        self._activate()
+
+
+def make_executor(context: Any = None) -> MultiThreadedExecutor:
+    """An executor on which waiting action goals never block image reception."""
+    return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=context)
+
+
+def _wants_managed(args: Optional[List[str]]) -> bool:
+    from rclpy.utilities import remove_ros_args
+
+    return "--managed" in remove_ros_args(args if args is not None else sys.argv)[1:]
+
+
+def main(args: Optional[List[str]] = None, managed: bool = False) -> int:
+    """Run the node until SIGINT/SIGTERM; non-zero exit on a configuration error.
+
+    ``--managed`` (before ``--ros-args``) or ``managed=True``: the lifecycle variant.
+    """
     from .checkpoints import CheckpointError
 
+    managed = managed or _wants_managed(args)
     rclpy.init(args=args)
     logger = get_logger(NODE_NAME)
-    node: Optional[GraspLocatorNode] = None
+    node: Optional[GraspLocatorBase] = None
     try:
         try:
-            node = GraspLocatorNode()
+            if managed:
+                from .lifecycle_node import GraspLocatorLifecycleNode, autostart
+
+                node = GraspLocatorLifecycleNode()
+                if not autostart(node):
+                    return 1
+            else:
+                node = GraspLocatorNode()
         except CheckpointError as e:
             logger.error(f"{e} (node: allow_random_weights:=true)".replace("\n", " "))
             return 1
@@ -439,7 +725,7 @@ def main(args: Optional[List[str]] = None) -> int:
             logger.error(f"{e}: build the messages (bash scripts/setup.sh), "
                          "then `source scripts/env.sh`")
             return 1
-        executor = SingleThreadedExecutor()
+        executor = make_executor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -160,6 +160,10 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec("depth_max_dt", 0.05,
               "Seconds: pair a colour frame only with a depth frame whose header stamp is at "
               "most this far from the colour stamp.", ">= 0.0", _at_least(0.0), locator=False),
+    ParamSpec("autostart", True,
+              "Managed (lifecycle) node only: configure and activate at start, so the node "
+              "answers without `ros2 lifecycle set`; false = wait in 'unconfigured'. The "
+              "plain node ignores it.", locator=False),
 )
 
 SPECS_BY_NAME: Dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
