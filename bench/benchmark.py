@@ -2,12 +2,18 @@
 """Founding composition vs the package, on the same weights, images and mask counts.
 
     python bench/benchmark.py [--sizes 640x480,1280x720] [--runs 3] [--crops 40] [--quick]
+                              [--fast-prompts N] [--backend-onnx DIR]
 
 reference: mobile_sam's SamAutomaticMaskGenerator, then one TinyCLIP image forward per
            crop, the new phrase through open_clip's full 77-token ``encode_text``.
 package:   ``MaskProposer`` + batched ``CropScorer.embed_crops`` + ``CropScorer.score``
            (what ``Locator.locate`` runs; its frame cache is cleared before each run),
            and ``Locator.locate`` itself end to end.
+fast:      ``Locator.locate`` with ``mode: fast`` (text-chosen prompts), same models and
+           proposal settings, caches cleared before each run. Its answers may differ
+           from the reference's: the best-box IoU is printed for information only.
+onnx:      optional (``--backend-onnx DIR``): ``Locator.locate`` on the ONNX Runtime
+           backend, exact and fast mode; skipped with the reason when it cannot load.
 
 Random weights do not behave like MobileSAM: their predicted IoU is ~0 (nothing would
 pass the founding 0.8 threshold and the costly upscaling would be skipped for free) and
@@ -27,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -342,6 +349,9 @@ def run_locate(locator: Locator, tokenizer, work: Workload, crops: int, phrase: 
 
 
 PIPELINES = {"reference": run_reference, "package": run_package, "locate": run_locate}
+# Rows that time ``Locator.locate`` of another Locator (fast mode, the ONNX backend).
+LOCATE_ROWS = ("fast", "onnx", "onnx_fast")
+ROW_LABELS = {"fast": "package fast", "onnx": "onnx exact", "onnx_fast": "onnx fast"}
 
 
 # ---------------------------------------------------------------- one image size
@@ -364,25 +374,48 @@ def best_index(similarity: np.ndarray, score: np.ndarray) -> int:
     return int(np.lexsort((-similarity, -score))[0])  # as Locator.locate ranks
 
 
-def bench_size(locator: Locator, tokenizer, clock: EncoderClock, encoder_name: str, work: Workload, runs: int, crops: int, phrases) -> dict:
-    """Warm-up run of each pipeline under the FLOP counter, then ``runs`` alternating timed runs."""
-    order = list(PIPELINES)
+def bench_size(
+    locator: Locator,
+    tokenizer,
+    clock: EncoderClock,
+    encoder_name: str,
+    work: Workload,
+    runs: int,
+    crops: int,
+    phrases,
+    others: Optional[Dict[str, Locator]] = None,
+) -> dict:
+    """Warm-up run of each pipeline under the FLOP counter, then ``runs`` alternating timed runs.
+
+    ``others``: extra rows (``LOCATE_ROWS``), each ``Locator.locate`` of its own Locator.
+    """
+    others = others or {}
+    runners: Dict[str, Callable] = {
+        name: partial(fn, locator, tokenizer, work, crops) for name, fn in PIPELINES.items()
+    }
+    runners.update({name: partial(run_locate, other, tokenizer, work, crops) for name, other in others.items()})
+    order = list(runners)
     gflop: Dict[str, Dict[str, float]] = {}
     times: Dict[str, List[Dict[str, float]]] = {name: [] for name in order}
+    stage_ms: Dict[str, List[Dict[str, float]]] = {name: [] for name in others}
     peak_mb = {name: 0.0 for name in order}
     answers: Dict[str, object] = {}
-    for name in ("reference", "package"):  # locate() runs the package's code: warmed here too
-        meter = Meter(clock, encoder_name, flops=True)
-        PIPELINES[name](locator, tokenizer, work, crops, next(phrases), meter)
+    # locate() runs the package's code: warmed by "package". ONNX Runtime work is invisible
+    # to torch's FLOP counter, so its rows get a plain warm-up run.
+    for name in ("reference", "package", *others):
+        meter = Meter(clock, encoder_name, flops=not name.startswith("onnx"))
+        runners[name](next(phrases), meter)
         gflop[name] = meter.values
     for run in range(runs):
         for name in order if run % 2 == 0 else order[::-1]:
             meter = Meter(clock, encoder_name)
             cpu_before = cpu_seconds()
             with RssSampler() as rss:
-                answers[name] = PIPELINES[name](locator, tokenizer, work, crops, next(phrases), meter)
+                answers[name] = runners[name](next(phrases), meter)
             meter.values["cpu"] = (cpu_seconds() - cpu_before) * 1e3
             times[name].append(meter.values)
+            if name in others:
+                stage_ms[name].append(answers[name].timings_ms)
             peak_mb[name] = max(peak_mb[name], rss.peak_mb)
     ms = {name: {k: median([t[k] for t in times[name]]) for k in times[name][0]} for name in order}
 
@@ -398,7 +431,25 @@ def bench_size(locator: Locator, tokenizer, clock: EncoderClock, encoder_name: s
         locator.locate(work.image, f"pick the {next(phrases)}")
         repeat.append((time.perf_counter() - started) * 1e3)
     same_masks = [mask_iou(a, b) for a, b in zip(ref.proposals.masks, pkg.proposals.masks)]
+    rows = {}
+    for name, other in others.items():
+        timed = answers[name]  # the last timed run (a fresh phrase, caches cleared)
+        answer = other.locate(work.image, f"pick the {ANSWER_PHRASE}")
+        started = time.perf_counter()
+        other.locate(work.image, f"pick the {next(phrases)}")  # same frame, a never-seen phrase
+        new_target_ms = (time.perf_counter() - started) * 1e3
+        rows[name] = {
+            "ms": ms[name],
+            "gflop": gflop[name],
+            "stage_ms": {k: median([t.get(k, 0.0) for t in stage_ms[name]]) for k in stage_ms[name][0]},
+            "prompts": timed.prompts,
+            "crops": timed.proposals,
+            "best_box_iou": box_iou(ref.proposals.boxes_xyxy[ref_best], answer.best.box_xyxy) if answer.best else 0.0,
+            "new_target_ms": new_target_ms,
+            "peak_rss_mb": peak_mb[name],
+        }
     return {
+        "rows": rows,
         "ms": ms,
         "gflop": gflop,
         "peak_rss_mb": peak_mb,
@@ -480,6 +531,31 @@ def print_size(label: str, work: Workload, res: dict, runs: int, crops: int) -> 
         f"{res['min_same_index_mask_iou']:.4f}, max crop-embedding diff {res['max_embedding_diff']:.1e}; "
         f"best box IoU for '{ANSWER_PHRASE}' (reference vs locate()) {res['best_box_iou']:.4f}, best mask IoU {res['best_mask_iou']:.4f}"
     )
+    for name, row in res["rows"].items():
+        print(row_line(name, row, ms["reference"]))
+
+
+def row_line(name: str, row: dict, reference_ms: Dict[str, float]) -> str:
+    """One extra row (fast mode, ONNX Runtime) of the per-size report."""
+    r, st = row["ms"], row["stage_ms"]
+    fast = name.endswith("fast")
+    if name.startswith("onnx"):  # ONNX Runtime work is invisible to torch's hooks and FLOP counter
+        mobile_sam, flops = f"MobileSAM {st.get('proposals', 0.0):.0f}", ""
+    else:
+        gflop = sum(v for k, v in row["gflop"].items() if k in ("encoder", "masks"))
+        mobile_sam = f"MobileSAM {st.get('proposals', 0.0):.0f} of which encoder {r['encoder']:.0f}"
+        flops = f", {gflop:.1f} GFLOP (encoder {row['gflop'].get('encoder', 0.0):.1f})"
+    relevance = f"relevance windows {st.get('relevance', 0.0):.0f}, " if fast else ""
+    work = f"{row['prompts']} prompts decoded, {row['crops']} crops scored" if fast else f"{row['crops']} masks scored"
+    why = "fast mode may rightly pick other masks" if fast else "another backend's masks"
+    return (
+        f"{ROW_LABELS[name]}: Locator.locate() {r['total']:.0f} ms ({relevance}{mobile_sam}, crops "
+        f"{st.get('crops', 0.0):.0f}, text {st.get('text', 0.0):.0f}){flops}; {work}; "
+        f"reference/{name} = {reference_ms['total'] / r['total']:.1f}x (process CPU time "
+        f"{r['cpu']:.0f} ms, {reference_ms['cpu'] / r['cpu']:.1f}x); new phrase on the same frame "
+        f"{row['new_target_ms']:.0f} ms; best box IoU vs reference {row['best_box_iou']:.4f} "
+        f"(information only: {why}; random weights)"
+    )
 
 
 def size_json(res: dict) -> dict:
@@ -497,6 +573,21 @@ def size_json(res: dict) -> dict:
         "repeat_command_ms": res["repeat_command_ms"],
         "masks": res["masks"],
         "peak_rss_sampled_mb": res["peak_rss_mb"],
+        **{key: value for name, row in res["rows"].items() for key, value in row_json(name, row, ms).items()},
+    }
+
+
+def row_json(name: str, row: dict, ms: dict) -> dict:
+    """``fast_ms``, ``speedup_fast``, ``fast_prompts``, ... for one extra row."""
+    return {
+        f"{name}_ms": row["ms"]["total"],
+        f"speedup_{name}": ms["reference"]["total"] / row["ms"]["total"],
+        f"speedup_{name}_cpu_time": ms["reference"]["cpu"] / row["ms"]["cpu"],
+        f"{name}_prompts": row["prompts"],
+        f"{name}_crops": row["crops"],
+        f"{name}_best_box_iou": row["best_box_iou"],
+        f"{name}_new_target_ms": row["new_target_ms"],
+        f"{name}_stage_ms": row["stage_ms"],
     }
 
 
@@ -516,6 +607,45 @@ def profile_package(locator: Locator, work: Workload, top: int) -> None:
     pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
+def fast_settings(settings: ProposalSettings) -> ProposalSettings:
+    """The calibrated settings without the stability cut, for the fast row.
+
+    That cut was set to leave ``--crops`` of the grid's 256 prompts' masks, so from fast
+    mode's dozen prompts it would leave one or two. Without it every mask that passes the
+    IoU filter survives and fast mode scores its full crop budget: its worst case, and
+    closer to a real MobileSAM, whose confident masks are mostly stable too. The cost of
+    decoding does not change (stability is computed after upscaling either way).
+    """
+    return replace(settings, stability_score_thresh=0.0)
+
+
+# ---------------------------------------------------------------- optional ONNX Runtime row
+
+
+def onnx_locators(config: LocatorConfig, fast_config: LocatorConfig, onnx_dir: str) -> Dict[str, Locator]:
+    """Exact- and fast-mode Locators on the ONNX Runtime backend; {} (with the reason) when
+    they cannot be built: this row is optional and must never stop the benchmark."""
+    try:
+        exact = Locator.from_config(replace(config, backend="onnxruntime", onnx_dir=onnx_dir))
+    except Exception as e:  # noqa: BLE001 - whatever the backend raises, the row is skipped
+        print(f"ONNX Runtime row skipped: cannot build a Locator from {onnx_dir!r}: {type(e).__name__}: {e}")
+        return {}
+    fast = Locator(replace(fast_config, backend="onnxruntime", onnx_dir=onnx_dir), exact.proposer, exact.scorer, exact.random_weights, exact.device)
+    print(
+        f"ONNX Runtime row: models from {onnx_dir!r}. The IoU-head calibration below changes the torch "
+        "model only; unless the export was made from it, this row's mask counts differ (they are printed)."
+    )
+    return {"onnx": exact, "onnx_fast": fast}
+
+
+def use_bench_settings(locator: Locator, settings: ProposalSettings) -> None:
+    """Give another backend's proposer the calibrated proposal settings (stability offset included)."""
+    if hasattr(locator.proposer, "settings"):
+        locator.proposer.settings = settings
+    else:
+        print("ONNX Runtime row: its proposer has no 'settings'; it runs with the config's own thresholds")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -531,6 +661,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--text-reps", type=int, default=15)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile locate() (top N rows)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 320x240, 4x4 points, 4 crops, 1 run")
+    parser.add_argument("--fast-prompts", type=int, default=LocatorConfig.fast_prompts, help="fast mode's prompt budget (default: %(default)s)")
+    parser.add_argument(
+        "--backend-onnx", metavar="DIR", default="",
+        help="OPTIONAL row: also time locate() on the ONNX Runtime backend with models exported to DIR",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.runs, args.crops, args.points_per_side, args.text_reps = "320x240", "1", 4, 4, 2
@@ -548,9 +683,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     from open_clip.tokenizer import SimpleTokenizer
 
-    locator = Locator.from_config(
-        LocatorConfig(device="cpu", allow_random_weights=True, seed=args.seed, score_threshold=0.0, max_detections=args.crops)
+    config = LocatorConfig(
+        device="cpu", allow_random_weights=True, seed=args.seed, score_threshold=0.0, max_detections=args.crops,
+        fast_prompts=args.fast_prompts, points_per_side=args.points_per_side,
     )
+    locator = Locator.from_config(config)
+    # Fast mode on the same models; max_detections back at its default, which (with
+    # FAST_SCORED_CROPS) bounds the crops fast mode scores.
+    fast_config = replace(config, mode="fast", max_detections=LocatorConfig.max_detections)
+    fast_config.validate()
+    others: Dict[str, Locator] = {
+        "fast": Locator(fast_config, locator.proposer, locator.scorer, locator.random_weights, locator.device)
+    }
+    if args.backend_onnx:
+        others.update(onnx_locators(config, fast_config, args.backend_onnx))
     sam = locator.proposer.sam
     tokenizer = SimpleTokenizer(context_length=locator.scorer.clip.context_length)
     clock = EncoderClock(sam.image_encoder)
@@ -581,7 +727,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         image = load_image((w, h), args.image)
         work = calibrate(sam, original_bias, image, args.points_per_side, args.crops)
         locator.proposer = MaskProposer(sam, work.settings)
-        res = bench_size(locator, tokenizer, clock, encoder_name, work, runs, args.crops, phrases)
+        others["fast"].proposer = MaskProposer(sam, fast_settings(work.settings))
+        if "onnx" in others:
+            use_bench_settings(others["onnx"], work.settings)
+            others["onnx_fast"].proposer = type(others["onnx"].proposer)(others["onnx"].proposer.sam, fast_settings(work.settings))
+        res = bench_size(locator, tokenizer, clock, encoder_name, work, runs, args.crops, phrases, others)
         print_size(f"{w}x{h}", work, res, runs, args.crops)
         per_size[f"{w}x{h}"] = size_json(res)
         if args.profile and index == 0:
@@ -608,6 +758,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "text_tower_ms": text["ms"],
+        "fast_prompts_limit": args.fast_prompts,
+        # fast_ms, speedup_fast, fast_prompts, fast_crops, ... (and onnx_* with --backend-onnx)
+        **{k: v for k, v in per_size[first].items() if any(k.startswith(f"{n}_") or k == f"speedup_{n}" for n in LOCATE_ROWS)},
         "sizes": per_size,
     }
     print(json.dumps(summary))

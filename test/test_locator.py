@@ -33,6 +33,9 @@ def test_locate_returns_ranked_detections(locator, scene):
     assert result.proposals >= len(result.detections)
     assert_well_formed(result, 320, 240)
     assert result.best is result.detections[0]
+    # Exact mode is the default: the grid, no text-chosen prompts, no fast-mode cache.
+    assert locator.config.mode == "exact" and result.prompts == 0
+    assert "relevance" not in result.timings_ms and locator._fast_cache is None
 
 
 def test_second_command_on_same_frame_reuses_proposals(locator, scene):

@@ -6,6 +6,9 @@ Pipeline: parse the command (``command_parser``), propose masks over the whole i
 
 Proposals and crop embeddings depend on the image alone, so they are cached for the
 last frame: a new command on the same frame only runs the text encoder.
+
+``mode: fast`` (opt-in) lets the target phrase choose where MobileSAM is prompted
+(``text_guided_prompts``) instead of the 256-point grid; see ``Locator._fast_frame``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -24,6 +28,7 @@ from .crop_scoring import CROP_MODES, CropScorer, CropSettings
 from .image_input import fit_long_side, resize_mask, to_rgb_uint8
 from .mask_proposals import MaskProposer, ProposalSettings, Proposals
 from .models import DEFAULT_CLIP_MODEL, available_clip_models, load_models
+from .text_guided_prompts import MAX_PROMPTS, choose_prompts, embed_windows, prompt_rank_of, relevance_windows
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +40,12 @@ BACKENDS = ("torch", "onnxruntime")
 StageCallback = Callable[[str, float], None]
 STAGE_PROPOSING = "proposing"
 STAGE_SCORING = "scoring"
+
+# Fast mode scores at most this many masks (or max_detections, if larger): the masks of
+# the most relevant prompts. Each crop is one TinyCLIP forward (~4 GFLOP).
+FAST_SCORED_CROPS = 6
+# Targets whose fast-mode masks and crop embeddings are kept for the current frame.
+FAST_TARGETS_CACHED = 8
 
 
 @dataclass
@@ -65,6 +76,7 @@ class LocatorConfig:
     max_detections: int = 5
     max_image_side: int = 2048  # larger images are downscaled for the models
     seed: int = 0  # for random weights only
+    fast_prompts: int = 12  # fast mode: point prompts MobileSAM decodes, 1..32
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "LocatorConfig":
@@ -100,6 +112,8 @@ class LocatorConfig:
         for name in ("clip_batch_size", "max_detections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.fast_prompts <= MAX_PROMPTS:
+            raise ValueError(f"fast_prompts must be in [1, {MAX_PROMPTS}], got {self.fast_prompts}")
         if self.max_image_side < 64:
             raise ValueError(f"max_image_side must be >= 64, got {self.max_image_side}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -130,6 +144,7 @@ class LocateResult:
     detections: List[Detection]
     timings_ms: Dict[str, float]
     proposals: int = 0  # masks MobileSAM proposed (and TinyCLIP scored)
+    prompts: int = 0  # fast mode: point prompts MobileSAM decoded for this answer; 0 in exact mode
 
     @property
     def best(self) -> Optional[Detection]:
@@ -157,6 +172,34 @@ class _FrameCache:
     proposals: Proposals
     embeddings: torch.Tensor
     scale: float
+    prompts: int = 0  # fast mode: point prompts that produced ``proposals``
+
+
+@dataclass
+class _FastFrameCache:
+    """Fast mode's state for the last frame.
+
+    The relevance windows' embeddings depend on the image alone and serve every target;
+    masks and crop embeddings depend on the prompts the target chose, so they are kept
+    per target (the last ``FAST_TARGETS_CACHED``). MobileSAM's image embedding is not
+    kept: ``MaskProposer.propose_points`` encodes the image on every call, so a new
+    target on the same frame pays the encoder again.
+    """
+
+    key: str
+    windows: np.ndarray
+    window_embeddings: torch.Tensor
+    targets: "OrderedDict[str, _FrameCache]" = field(default_factory=OrderedDict)
+
+
+def _subset(proposals: Proposals, index: np.ndarray) -> Proposals:
+    return Proposals(
+        masks=proposals.masks[index],
+        boxes_xyxy=proposals.boxes_xyxy[index],
+        predicted_iou=proposals.predicted_iou[index],
+        stability_score=proposals.stability_score[index],
+        point_coords=proposals.point_coords[index],
+    )
 
 
 def frame_key(image: np.ndarray) -> str:
@@ -176,7 +219,8 @@ class Locator:
         self.random_weights = random_weights
         self.device = device
         self._lock = threading.Lock()
-        self._cache: Optional[_FrameCache] = None
+        self._cache: Optional[_FrameCache] = None  # exact mode
+        self._fast_cache: Optional[_FastFrameCache] = None  # fast mode
 
     @classmethod
     def from_config(cls, config: LocatorConfig) -> "Locator":
@@ -205,6 +249,7 @@ class Locator:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache = None
+            self._fast_cache = None
 
     def locate(
         self,
@@ -218,7 +263,7 @@ class Locator:
 
         Raises ValueError for an unusable image; a command without an object is not an
         error but a result with ``found=False`` and the reason. ``on_stage`` hears
-        ``proposing`` and ``scoring`` (see ``StageCallback``).
+        ``proposing`` and ``scoring`` (see ``StageCallback``), in both modes.
         """
         report: StageCallback = on_stage or (lambda stage, progress: None)
         started = time.perf_counter()
@@ -229,21 +274,25 @@ class Locator:
         parsed = parse_command(command)
         timings: Dict[str, float] = {}
 
-        def result(found: bool, reason: str, detections: List[Detection], proposals: int = 0) -> LocateResult:
+        def result(found: bool, reason: str, detections: List[Detection], proposals: int = 0, prompts: int = 0) -> LocateResult:
             timings["total"] = (time.perf_counter() - started) * 1e3
-            return LocateResult(command, parsed.target, found, reason, (width, height), detections, timings, proposals)
+            return LocateResult(command, parsed.target, found, reason, (width, height), detections, timings, proposals, prompts)
 
         if parsed.target is None:
             return result(False, parsed.reason, [])
         with self._lock, self._autocast():
-            cache = self._frame(rgb, timings, report)
+            if self.config.mode == "fast":
+                cache = self._fast_frame(rgb, parsed.target, timings, report)
+            else:
+                cache = self._frame(rgb, timings, report)
             report(STAGE_SCORING, 0.9)
             t0 = time.perf_counter()
             similarity, score = self.scorer.score(cache.embeddings, parsed.target)
             timings["text"] = (time.perf_counter() - t0) * 1e3
         n = len(cache.proposals)
         if n == 0:
-            return result(False, "MobileSAM proposed no object masks in this image", [])
+            where = f" at the {cache.prompts} points '{parsed.target}' chose" if self.config.mode == "fast" else " in this image"
+            return result(False, f"MobileSAM proposed no object masks{where}", [], 0, cache.prompts)
         order = np.lexsort((-similarity, -score))  # by score, ties by similarity
         passing = [i for i in order if score[i] >= self.config.score_threshold][: self.config.max_detections]
         if not passing:
@@ -254,9 +303,10 @@ class Locator:
                 f"(best {score[best]:.2f} of {n} masks)",
                 [],
                 n,
+                cache.prompts,
             )
         detections = [self._detection(cache, i, parsed.target, score[i], similarity[i], (height, width)) for i in passing]
-        return result(True, "", detections, n)
+        return result(True, "", detections, n, cache.prompts)
 
     def _frame(self, rgb: np.ndarray, timings: Dict[str, float], report: StageCallback) -> _FrameCache:
         """Proposals and crop embeddings for this frame, from the cache when it is the last one."""
@@ -276,6 +326,51 @@ class Locator:
         timings["crops"] = (t2 - t1) * 1e3
         self._cache = _FrameCache(key, proposals, embeddings, scale)
         return self._cache
+
+    def _fast_frame(self, rgb: np.ndarray, target: str, timings: Dict[str, float], report: StageCallback) -> _FrameCache:
+        """Fast mode: masks at the points ``target`` chose, and their crop embeddings.
+
+        Relevance windows (8 TinyCLIP forwards at 640x480, reused for every target on this
+        frame) -> at most ``fast_prompts`` points (``choose_prompts``) -> MobileSAM decodes
+        only those -> the masks of the most relevant prompts (at most
+        ``max(FAST_SCORED_CROPS, max_detections)``, MobileSAM's predicted IoU breaking
+        ties within a prompt) are scored like exact mode's crops. Nothing is cached until
+        all of it succeeded.
+        """
+        key = frame_key(rgb)
+        frame = self._fast_cache if self._fast_cache is not None and self._fast_cache.key == key else None
+        if frame is not None and target in frame.targets:
+            frame.targets.move_to_end(target)
+            timings["relevance"] = timings["proposals"] = timings["crops"] = 0.0
+            return frame.targets[target]
+        model_image, scale = fit_long_side(rgb, self.config.max_image_side)
+        height, width = model_image.shape[:2]
+        report(STAGE_PROPOSING, 0.0)
+        t0 = time.perf_counter()
+        if frame is None:
+            windows = relevance_windows(width, height)
+            embeddings = embed_windows(self.scorer.clip, model_image, windows, self.device, self.scorer.batch_size)
+            frame = _FastFrameCache(key, windows, embeddings)
+        _, window_scores = self.scorer.score(frame.window_embeddings, target)
+        choice = choose_prompts(width, height, frame.windows, window_scores, self.config.fast_prompts)
+        t1 = time.perf_counter()
+        proposals = self.proposer.propose_points(model_image, choice.points_xy)
+        report(STAGE_SCORING, 0.7)
+        t2 = time.perf_counter()
+        rank = prompt_rank_of(proposals.point_coords, choice.points_xy)
+        keep = np.lexsort((-proposals.predicted_iou, rank))[: max(FAST_SCORED_CROPS, self.config.max_detections)]
+        proposals = _subset(proposals, keep)
+        crop_embeddings = self.scorer.embed_crops(model_image, proposals.masks, proposals.boxes_xyxy)
+        t3 = time.perf_counter()
+        timings["relevance"] = (t1 - t0) * 1e3
+        timings["proposals"] = (t2 - t1) * 1e3
+        timings["crops"] = (t3 - t2) * 1e3
+        entry = _FrameCache(key, proposals, crop_embeddings, scale, prompts=len(choice.points_xy))
+        frame.targets[target] = entry
+        while len(frame.targets) > FAST_TARGETS_CACHED:
+            frame.targets.popitem(last=False)
+        self._fast_cache = frame
+        return entry
 
     @staticmethod
     def _detection(cache: _FrameCache, i: int, label: str, score: float, similarity: float, size_hw: Tuple[int, int]) -> Detection:
