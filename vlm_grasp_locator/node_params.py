@@ -97,6 +97,9 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               "exact: the founding pipeline (segment everything, score every mask); fast: "
               "TinyCLIP picks where to prompt MobileSAM (at most 32 prompts; accuracy not "
               "measured).", "exact | fast", _one_of("exact", "fast")),
+    ParamSpec("fast_prompts", 12,
+              "Fast mode: point prompts MobileSAM decodes (chosen by TinyCLIP relevance).",
+              "1 .. 32", _between(1, 32)),
     ParamSpec("backend", "torch",
               "Inference engine: torch, or onnxruntime with the models exported by "
               "`vlm-grasp-locator export-onnx` (CUDA provider when available, else CPU).",
