@@ -18,7 +18,7 @@ setup(
         "open_clip_torch",
     ],
     extras_require={
-        "onnx": ["onnxruntime"],
+        "onnx": ["onnxruntime", "onnx", "onnxscript"],
         "test": ["pytest", "hypothesis"],
     },
     entry_points={

@@ -42,7 +42,7 @@ ROS_BUILD=(
   ros-python-cmake-module
 )
 PY_DEPS=(
-  mobilesam-mirror open_clip_torch onnxruntime opencv-python-headless scikit-image
+  mobilesam-mirror open_clip_torch onnxruntime onnx onnxscript opencv-python-headless scikit-image
   pytest hypothesis
 )
 

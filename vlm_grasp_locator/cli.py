@@ -1,4 +1,4 @@
-"""``vlm-grasp-locator``: locate objects in image files, and fetch the models."""
+"""``vlm-grasp-locator``: locate objects in image files, fetch the models, export them to ONNX."""
 from __future__ import annotations
 
 import argparse
@@ -115,6 +115,43 @@ def cmd_download_models(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .onnx_export import export_onnx, resolve_onnx_dir
+
+    try:
+        config = _load_config(args)
+        if args.clip_model:
+            config.clip_model = args.clip_model
+        if args.seed is not None:
+            config.seed = args.seed
+        config.validate()
+        out = resolve_onnx_dir(args.out or config.onnx_dir)
+        print(f"exporting to {out} (takes a minute or two) ...", file=sys.stderr)
+        manifest = export_onnx(
+            out,
+            clip_model=config.clip_model,
+            device=args.device or "cpu",
+            mobile_sam_checkpoint=config.mobile_sam_checkpoint,
+            clip_checkpoint=config.clip_checkpoint,
+            allow_random_weights=config.allow_random_weights,
+            seed=config.seed,
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ImportError as e:
+        print(f"error: {e}; the exporter needs `pip install onnx onnxscript`", file=sys.stderr)
+        return EXIT_FAILED
+    except (CheckpointError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    weights = f"RANDOM WEIGHTS, seed {manifest['seed']}: meaningless results" if manifest["random_weights"] else "checkpoint weights"
+    print(f"exported {len(manifest['graphs'])} graphs of MobileSAM and {manifest['clip_model']} to {out} ({weights}; opset {manifest['opset']})")
+    print(f"use them with: backend: onnxruntime, onnx_dir: {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_CLIP_MODEL
 
@@ -136,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dir", help="target folder (default: the cache folder)")
     download.add_argument("--force", action="store_true", help="download even when present")
     download.set_defaults(func=cmd_download_models)
+
+    export = sub.add_parser("export-onnx", help="export MobileSAM and TinyCLIP to ONNX for backend onnxruntime")
+    export.add_argument("--out", metavar="DIR", help="target folder (default: the config's onnx_dir, else <cache>/onnx)")
+    export.add_argument("--clip-model", help=f"TinyCLIP configuration (default: the config's, else {DEFAULT_CLIP_MODEL})")
+    export.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models are built for export (default cpu)")
+    export.add_argument("--random-weights", action="store_true", help="where a checkpoint is missing, export random weights (meaningless results)")
+    export.add_argument("--seed", type=int, help="seed of the random weights (default: the config's, 0)")
+    export.add_argument("--config", metavar="FILE", help="YAML file of LocatorConfig fields (checkpoint paths, clip_model, seed, onnx_dir)")
+    export.set_defaults(func=cmd_export_onnx)
     return parser
 
 

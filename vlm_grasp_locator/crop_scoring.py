@@ -90,6 +90,16 @@ def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
+def embedding_dim(clip: torch.nn.Module) -> int:
+    """Width of the joint image-text embedding (open_clip CLIP or the ONNX Runtime wrapper)."""
+    projection = getattr(clip, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):
+        return projection.out_features
+    if projection is not None:
+        return int(projection.shape[1])
+    return int(clip.embed_dim)
+
+
 class TextEmbeddingCache:
     """Normalised, template-averaged text embeddings per phrase (least recently used out)."""
 
@@ -149,7 +159,7 @@ class CropScorer:
             pixels = crops_to_tensor(crops).to(device)
             chunks.append(self.clip.encode_image(pixels, normalize=True).float())
         if not chunks:
-            return torch.zeros((0, self.clip.text_projection.shape[1]))
+            return torch.zeros((0, embedding_dim(self.clip)))
         return torch.cat(chunks)
 
     def score(self, crop_embeddings: torch.Tensor, target: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -116,10 +116,15 @@ class MaskProposer:
         from mobile_sam.utils.amg import build_point_grid
 
         settings.validate()
+        own_interface = hasattr(sam.mask_decoder, "run_transformer")  # the ONNX Runtime backend's
+        if settings.crop_n_layers > 0 and own_interface:
+            raise ValueError("crop_n_layers > 0 runs mobile_sam's own generator, which needs backend 'torch'")
         self.sam = sam
         self.settings = settings
         self.predictor = SamPredictor(sam)
-        self.decoder = decoder if decoder is not None else FastMaskDecoder(sam.mask_decoder)
+        if decoder is None:
+            decoder = sam.mask_decoder if own_interface else FastMaskDecoder(sam.mask_decoder)
+        self.decoder = decoder
         self.grid = build_point_grid(settings.points_per_side)
 
     @property

@@ -111,10 +111,24 @@ def load_models(
     Where a checkpoint file is missing and ``allow_random_weights`` is set, both models
     keep random weights instead (with a loud warning). Raises ``CheckpointError`` for a
     missing (not allowed), corrupt or mismatched checkpoint and ``ValueError`` for a bad
-    device or model name.
+    device or model name. ``backend="onnxruntime"`` runs the graphs ``export-onnx`` wrote
+    into ``onnx_dir`` instead (``onnx_backend``; ``OnnxExportError``, a ``CheckpointError``,
+    when that export is missing, partial, stale or of another configuration).
     """
+    if backend == "onnxruntime":
+        from .onnx_backend import load_onnx_models
+
+        return load_onnx_models(
+            device=device,
+            clip_model=clip_model,
+            mobile_sam_checkpoint=mobile_sam_checkpoint,
+            clip_checkpoint=clip_checkpoint,
+            allow_random_weights=allow_random_weights,
+            seed=seed,
+            onnx_dir=onnx_dir,
+        )
     if backend != "torch":
-        raise ValueError(f"backend {backend!r} is not available yet (onnx_dir={onnx_dir!r})")
+        raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
     torch_device = resolve_device(device)
     clip_file = clip_remote_file(clip_model).file  # validates the name before any heavy work
     sources = (

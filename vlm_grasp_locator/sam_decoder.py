@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,70 +121,132 @@ def _upscale(upscaling: torch.nn.Sequential, src: torch.Tensor) -> torch.Tensor:
     return act2(conv2(act1(x)))
 
 
+@dataclass
+class ImageSide:
+    """What the decoder needs of one image, shared by every prompt on it.
+
+    image, pos: (1, N, C) image tokens (features plus dense prompt embedding) and their
+    positional encoding; k0, v0: (heads, N, d) the first layer's token-to-image keys and
+    values; q0: (heads, N, d) its image-to-token queries.
+    """
+
+    image: torch.Tensor
+    pos: torch.Tensor
+    k0: torch.Tensor
+    v0: torch.Tensor
+    q0: torch.Tensor
+
+
+def image_side(transformer: torch.nn.Module, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> ImageSide:
+    """Everything that depends on the image alone. Inputs (1, C, h, w)."""
+    image = (features + dense_embedding).flatten(2).transpose(1, 2)  # (1, N, C)
+    pos = image_pe.flatten(2).transpose(1, 2)
+    first = transformer.layers[0]
+    t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    return ImageSide(
+        image=image,
+        pos=pos,
+        k0=_heads(t2i.k_proj(image + pos), t2i.num_heads)[0],
+        v0=_heads(t2i.v_proj(image), t2i.num_heads)[0],
+        q0=_heads(i2t.q_proj(image + pos), i2t.num_heads)[0],
+    )
+
+
+def decode_tokens(decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: torch.Tensor) -> DecodedTokens:
+    """The two-way transformer and IoU head for B prompts (sparse: (B, n_points, C))."""
+    transformer = decoder.transformer
+    b = sparse_embeddings.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    token_pe = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_embeddings), dim=1)
+    queries = token_pe
+    keys = None  # the image tokens, identical for every prompt until the first update
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + token_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        q = queries + token_pe
+        if keys is None:
+            attn_out = _tokens_to_fixed_image(layer.cross_attn_token_to_image, q, side.k0, side.v0)
+        else:
+            keys_pe = keys + side.pos  # both cross-attentions of this layer see the same keys
+            attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, keys, keys_pe)
+        queries = layer.norm2(queries + attn_out)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q = queries + token_pe
+        if keys is None:
+            keys = side.image + _image_fixed_to_tokens(layer.cross_attn_image_to_token, side.q0, q, queries)
+        else:
+            keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries)
+        keys = layer.norm4(keys)
+    if keys is None:
+        keys = side.image.expand(b, -1, -1)
+    final = transformer.final_attn_token_to_image
+    queries = queries + _tokens_to_image(final, queries + token_pe, keys, keys + side.pos)
+    queries = transformer.norm_final_attn(queries)
+    return DecodedTokens(
+        iou_pred=decoder.iou_prediction_head(queries[:, 0]),
+        mask_tokens=queries[:, 1 : 1 + decoder.num_mask_tokens],
+        image_tokens=keys,
+    )
+
+
+def all_mask_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, mask_tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
+    """Low-resolution logits of all mask tokens of k prompts: (k, n_masks, 4h, 4w).
+
+    image_tokens: (k, h*w, C) after the transformer; mask_tokens: (k, n_masks, C).
+    All masks of a prompt in one product (cheap next to the upscaling).
+    """
+    h, w = grid_hw
+    k = image_tokens.shape[0]
+    src = image_tokens.transpose(1, 2).reshape(k, -1, h, w)
+    upscaled = _upscale(decoder.output_upscaling, src)  # (k, c, 4h, 4w)
+    hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    _, c, uh, uw = upscaled.shape
+    return torch.bmm(hyper, upscaled.flatten(2)).view(k, -1, uh, uw)
+
+
+def select_masks(
+    prompt_idx: torch.Tensor, mask_idx: torch.Tensor, logits_for: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Logits (K, H, W) of the (prompt, mask) pairs asked for, ``UPSCALE_CHUNK`` prompts at a time.
+
+    ``logits_for(prompts)`` gives all masks' logits (k, n_masks, H, W) of those prompts.
+    ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
+    """
+    prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
+    out = []
+    for start in range(0, len(prompts), UPSCALE_CHUNK):
+        chunk = prompts[start : start + UPSCALE_CHUNK]
+        logits = logits_for(chunk)
+        # Indexing the upscaled embeddings per mask instead would copy 8 MB each.
+        in_chunk = (inverse >= start) & (inverse < start + len(chunk))
+        out.append(logits[inverse[in_chunk] - start, mask_idx[in_chunk]])
+    return torch.cat(out)
+
+
 class FastMaskDecoder:
     """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied)."""
 
     def __init__(self, decoder: torch.nn.Module) -> None:
         self.decoder = decoder
         self.transformer = decoder.transformer
-        self._image = None
+        self._side: Optional[ImageSide] = None
 
     @torch.inference_mode()
     def set_image(self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> None:
         """Precompute everything that depends on the image alone. Shapes (1, C, h, w)."""
-        self.grid_hw = features.shape[-2:]
-        image = (features + dense_embedding).flatten(2).transpose(1, 2)  # (1, N, C)
-        pos = image_pe.flatten(2).transpose(1, 2)
-        first = self.transformer.layers[0]
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        self._image = image
-        self._pos = pos
-        self._k0 = _heads(t2i.k_proj(image + pos), t2i.num_heads)[0]
-        self._v0 = _heads(t2i.v_proj(image), t2i.num_heads)[0]
-        self._q0 = _heads(i2t.q_proj(image + pos), i2t.num_heads)[0]
+        self.grid_hw = tuple(features.shape[-2:])
+        self._side = image_side(self.transformer, features, image_pe, dense_embedding)
 
     @torch.inference_mode()
     def run_transformer(self, sparse_embeddings: torch.Tensor) -> DecodedTokens:
         """The two-way transformer and IoU head for B prompts (sparse: (B, n_points, C))."""
-        if self._image is None:
+        if self._side is None:
             raise RuntimeError("set_image must be called before run_transformer")
-        dec = self.decoder
-        b = sparse_embeddings.shape[0]
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        token_pe = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_embeddings), dim=1)
-        queries = token_pe
-        keys = None  # the image tokens, identical for every prompt until the first update
-        for layer in self.transformer.layers:
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(q=queries, k=queries, v=queries)
-            else:
-                q = queries + token_pe
-                queries = queries + layer.self_attn(q=q, k=q, v=queries)
-            queries = layer.norm1(queries)
-            q = queries + token_pe
-            if keys is None:
-                attn_out = _tokens_to_fixed_image(layer.cross_attn_token_to_image, q, self._k0, self._v0)
-            else:
-                keys_pe = keys + self._pos  # both cross-attentions of this layer see the same keys
-                attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, keys, keys_pe)
-            queries = layer.norm2(queries + attn_out)
-            queries = layer.norm3(queries + layer.mlp(queries))
-            q = queries + token_pe
-            if keys is None:
-                keys = self._image + _image_fixed_to_tokens(layer.cross_attn_image_to_token, self._q0, q, queries)
-            else:
-                keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries)
-            keys = layer.norm4(keys)
-        if keys is None:
-            keys = self._image.expand(b, -1, -1)
-        final = self.transformer.final_attn_token_to_image
-        queries = queries + _tokens_to_image(final, queries + token_pe, keys, keys + self._pos)
-        queries = self.transformer.norm_final_attn(queries)
-        return DecodedTokens(
-            iou_pred=dec.iou_prediction_head(queries[:, 0]),
-            mask_tokens=queries[:, 1 : 1 + dec.num_mask_tokens],
-            image_tokens=keys,
-        )
+        return decode_tokens(self.decoder, self._side, sparse_embeddings)
 
     @torch.inference_mode()
     def masks_for(self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor) -> torch.Tensor:
@@ -191,22 +254,8 @@ class FastMaskDecoder:
 
         ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
         """
-        dec = self.decoder
-        prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
-        h, w = self.grid_hw
-        out = []
-        for start in range(0, len(prompts), UPSCALE_CHUNK):
-            chunk = prompts[start : start + UPSCALE_CHUNK]
-            src = tokens.image_tokens[chunk].transpose(1, 2).reshape(len(chunk), -1, h, w)
-            upscaled = _upscale(dec.output_upscaling, src)  # (k, c, 4h, 4w)
-            hyper = torch.stack(
-                [mlp(tokens.mask_tokens[chunk, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
-            )  # (k, 4, c)
-            k, c, uh, uw = upscaled.shape
-            # All four masks of each prompt in one product (cheap), then keep those asked for:
-            # indexing the upscaled embeddings per mask would copy 8 MB each.
-            logits = torch.bmm(hyper, upscaled.view(k, c, uh * uw))  # (k, 4, uh*uw)
-            in_chunk = (inverse >= start) & (inverse < start + len(chunk))
-            out.append(logits[inverse[in_chunk] - start, mask_idx[in_chunk]].view(-1, uh, uw))
-        return torch.cat(out)
-
+        return select_masks(
+            prompt_idx,
+            mask_idx,
+            lambda chunk: all_mask_logits(self.decoder, tokens.image_tokens[chunk], tokens.mask_tokens[chunk], self.grid_hw),
+        )

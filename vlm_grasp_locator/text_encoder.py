@@ -11,6 +11,8 @@ mask, ``last``/``mean`` pooling, custom text towers) fall back to ``encode_text`
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,8 @@ def _pool_indices(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return (tokens == eos).int().argmax(dim=-1)  # 'eos'
 
 
-def _can_truncate(clip: torch.nn.Module) -> bool:
+def can_truncate(clip: torch.nn.Module) -> bool:
+    """Whether ``clip``'s text tower is a causal open_clip one pooled at the EOT token."""
     return (
         hasattr(clip, "token_embedding")  # CLIP, not CustomTextCLIP (whose tower is clip.text)
         and getattr(clip, "attn_mask", None) is not None  # causal; bidirectional sees the padding
@@ -32,25 +35,19 @@ def _can_truncate(clip: torch.nn.Module) -> bool:
     )
 
 
-def encode_text_until_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``clip.encode_text(tokens, normalize=True)``, computed only up to the last EOT.
-
-    clip: an open_clip ``CLIP``. tokens: (B, context_length) token ids, as open_clip's
-    tokenizer gives them. Returns (B, D) L2-normalised features in the text tower's dtype.
-    Runs under whatever grad mode the caller has set (wrap in ``torch.inference_mode()``).
-    """
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be (B, context_length), got shape {tuple(tokens.shape)}")
-    if not _can_truncate(clip):
-        return clip.encode_text(tokens, normalize=True)
-    if tokens.shape[0] == 0:
-        return clip.encode_text(tokens, normalize=True)
-
+def cut_at_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``tokens`` (B, context_length) cut to ``max(EOT index) + 1`` columns, and each row's
+    pooling position. ``clip`` needs only ``text_pool_type`` (and ``text_eos_id`` for 'eos')."""
     pool_at = _pool_indices(clip, tokens)
     length = int(pool_at.max()) + 1
-    cast_dtype = clip.transformer.get_cast_dtype()
+    return tokens[:, :length], pool_at
 
-    x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)  # (B, L, width)
+
+def encode_cut_tokens(clip: torch.nn.Module, tokens: torch.Tensor, pool_at: torch.Tensor) -> torch.Tensor:
+    """The text tower on tokens already cut by ``cut_at_eot``: (B, D) L2-normalised."""
+    length = tokens.shape[1]
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast_dtype)  # (B, L, width)
     x = x + clip.positional_embedding[:length].to(cast_dtype)
     # Batch-first in, batch-first out: open_clip's Transformer transposes internally when
     # it is not batch_first. The causal mask's top-left L x L block is the causal mask for
@@ -62,3 +59,18 @@ def encode_text_until_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.
     if projection is not None:
         x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
     return F.normalize(x, dim=-1)
+
+
+def encode_text_until_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(tokens, normalize=True)``, computed only up to the last EOT.
+
+    clip: an open_clip ``CLIP``. tokens: (B, context_length) token ids, as open_clip's
+    tokenizer gives them. Returns (B, D) L2-normalised features in the text tower's dtype.
+    Runs under whatever grad mode the caller has set (wrap in ``torch.inference_mode()``).
+    Any other model with an ``encode_text`` (the ONNX Runtime backend's) is called as is.
+    """
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be (B, context_length), got shape {tuple(tokens.shape)}")
+    if not can_truncate(clip) or tokens.shape[0] == 0:
+        return clip.encode_text(tokens, normalize=True)
+    return encode_cut_tokens(clip, *cut_at_eot(clip, tokens))
