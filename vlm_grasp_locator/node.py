@@ -666,8 +666,17 @@ class GraspLocatorBase:
         self._diag_pub.publish(msg)
 
     def stop(self: Any, timeout_s: float = 1.0) -> bool:
-        """Stop the worker; False when an inference is still running after ``timeout_s``."""
-        return self._stop_worker(timeout_s)
+        """Stop the worker; False when an inference is still running after ``timeout_s``.
+
+        The action server goes too: ``destroy_node`` leaves it, and it keeps the DDS
+        participant (and its shared-memory files) alive until interpreter exit, which
+        the mid-inference ``os._exit`` path skips.
+        """
+        idle = self._stop_worker(timeout_s)
+        if self._action is not None:
+            self._action.destroy()
+            self._action = None
+        return idle
 
 
 class GraspLocatorNode(GraspLocatorBase, Node):
