@@ -430,6 +430,29 @@ def test_queue_overflow_drops_the_oldest_but_answers_every_command(scripted: Any
     assert served == ["take the cup"] + queued[2:]
 
 
+def test_commands_that_waited_are_answered_on_the_frame_they_waited_for(scripted: Any) -> None:
+    """A backlog drains on the frame of the inference it waited for (cached in the core)."""
+    client, fake = scripted.client, scripted.fake
+    rgb = _frame()
+    client.publish_image(rgb, stamp=(20, 0))
+    fake.gate.clear()
+    start = len(client.received["grasp_target"])
+    client.send_command("take the cup")
+    assert client.spin_until(lambda: fake.calls[-1:] == ["take the cup"], 10.0)
+    client.publish_image(rgb, stamp=(21, 0))  # a newer frame arrives during the inference
+    waited = ["take the pen", "take the box"]
+    for text in waited:
+        client.send_command(text)
+    client.spin_until(lambda: False, 0.5)  # let the node receive them
+    fake.gate.set()
+    assert client.spin_until(lambda: len(client.received["grasp_target"]) >= start + 3, 30.0)
+    answers = client.received["grasp_target"][start:]
+    assert [m.command for m in answers] == ["take the cup"] + waited
+    assert [m.header.stamp.sec for m in answers] == [20, 20, 20]
+    later = _ask(client, "take the mug")  # arrived after: the newest frame
+    assert later.header.stamp.sec == 21
+
+
 def test_continuous_mode_skips_frames_while_busy(scripted: Any) -> None:
     client, fake = scripted.client, scripted.fake
     rgb = _frame()

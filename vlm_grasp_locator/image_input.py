@@ -5,6 +5,7 @@ Also sizes images down for processing and masks back up, so a 4K frame costs wha
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Tuple
 
 import cv2
@@ -123,3 +124,10 @@ def resize_mask(mask: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(out_h) + 0.5) * (in_h / out_h)).astype(np.intp), in_h - 1)
     cols = np.minimum(((np.arange(out_w) + 0.5) * (in_w / out_w)).astype(np.intp), in_w - 1)
     return np.ascontiguousarray(mask[rows][:, cols])
+
+
+def frame_key(image: np.ndarray) -> str:
+    """A content hash: the same pixels give the same key, whatever array holds them."""
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+    digest.update(repr(image.shape).encode())
+    return digest.hexdigest()

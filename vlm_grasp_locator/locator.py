@@ -12,7 +12,6 @@ last frame: a new command on the same frame only runs the text encoder.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 
 from .command_parser import parse_command
 from .crop_scoring import CROP_MODES, CropScorer, CropSettings
-from .image_input import fit_long_side, resize_mask, to_rgb_uint8
+from .image_input import frame_key, fit_long_side, resize_mask, to_rgb_uint8
 from .mask_proposals import MaskProposer, ProposalSettings, Proposals
 from .models import DEFAULT_CLIP_MODEL, available_clip_models, load_models
 from .text_guided_prompts import MAX_PROMPTS, choose_prompts, embed_windows, prompt_rank_of, relevance_windows
@@ -181,9 +180,9 @@ class _FastFrameCache:
 
     The relevance windows' embeddings depend on the image alone and serve every target;
     masks and crop embeddings depend on the prompts the target chose, so they are kept
-    per target (the last ``FAST_TARGETS_CACHED``). MobileSAM's image embedding is not
-    kept: ``MaskProposer.propose_points`` encodes the image on every call, so a new
-    target on the same frame pays the encoder again.
+    per target (the last ``FAST_TARGETS_CACHED``). MobileSAM's image embedding of the
+    last image is kept by ``MaskProposer``, so a new target on the same frame pays only
+    its prompts' decoding and crops, not the encoder.
     """
 
     key: str
@@ -200,13 +199,6 @@ def _subset(proposals: Proposals, index: np.ndarray) -> Proposals:
         stability_score=proposals.stability_score[index],
         point_coords=proposals.point_coords[index],
     )
-
-
-def frame_key(image: np.ndarray) -> str:
-    """A content hash: the same pixels give the same key, whatever array holds them."""
-    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
-    digest.update(repr(image.shape).encode())
-    return digest.hexdigest()
 
 
 class Locator:
@@ -250,6 +242,7 @@ class Locator:
         with self._lock:
             self._cache = None
             self._fast_cache = None
+            self.proposer.clear()
 
     def locate(
         self,

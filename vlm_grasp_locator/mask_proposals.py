@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops.boxes import batched_nms
 
+from .image_input import frame_key
 from .sam_decoder import FastMaskDecoder
 
 # Prompts decoded together. Small on purpose: the decoder's per-prompt image tensors
@@ -126,6 +127,7 @@ class MaskProposer:
             decoder = sam.mask_decoder if own_interface else FastMaskDecoder(sam.mask_decoder)
         self.decoder = decoder
         self.grid = build_point_grid(settings.points_per_side)
+        self._encoded_key: Optional[str] = None  # frame_key of the image the predictor holds
 
     @property
     def device(self) -> torch.device:
@@ -145,12 +147,20 @@ class MaskProposer:
 
         The same decoding and filters as the grid (multimask output, predicted-IoU and
         stability thresholds, box NMS, small-region cleaning); ``crop_n_layers`` is ignored.
+        The image embedding of the last image is kept (4 MB), so prompting the same image
+        again skips the encoder.
         """
-        self.predictor.set_image(image)
-        try:
-            return self._propose(image.shape[:2], np.asarray(points, dtype=np.float64).reshape(-1, 2))
-        finally:
-            self.predictor.reset_image()
+        key = frame_key(image)
+        if key != self._encoded_key:
+            self._encoded_key = None
+            self.predictor.set_image(image)
+            self._encoded_key = key
+        return self._propose(image.shape[:2], np.asarray(points, dtype=np.float64).reshape(-1, 2))
+
+    def clear(self) -> None:
+        """Forget the kept image embedding."""
+        self.predictor.reset_image()
+        self._encoded_key = None
 
     def _propose(self, size_hw: Tuple[int, int], points: np.ndarray) -> Proposals:
         from mobile_sam.utils.amg import calculate_stability_score
