@@ -632,18 +632,38 @@ def onnx_locators(config: LocatorConfig, fast_config: LocatorConfig, onnx_dir: s
         return {}
     fast = Locator(replace(fast_config, backend="onnxruntime", onnx_dir=onnx_dir), exact.proposer, exact.scorer, exact.random_weights, exact.device)
     print(
-        f"ONNX Runtime row: models from {onnx_dir!r}. The IoU-head calibration below changes the torch "
-        "model only; unless the export was made from it, this row's mask counts differ (they are printed)."
+        f"ONNX Runtime row: models from {onnx_dir!r} (export them with the same --seed and clip model); "
+        "the IoU calibration's shift is added to the exported decoder's predictions."
     )
     return {"onnx": exact, "onnx_fast": fast}
 
 
-def use_bench_settings(locator: Locator, settings: ProposalSettings) -> None:
-    """Give another backend's proposer the calibrated proposal settings (stability offset included)."""
-    if hasattr(locator.proposer, "settings"):
-        locator.proposer.settings = settings
-    else:
-        print("ONNX Runtime row: its proposer has no 'settings'; it runs with the config's own thresholds")
+class IouShiftedDecoder:
+    """An exported decoder with the calibration's IoU shift added to its predictions.
+
+    The IoU head ends in a linear layer without a sigmoid, so shifting that layer's bias
+    (what ``calibrate`` does to the torch model) adds the same constant to its output:
+    adding it here gives the exported graph exactly the calibrated behaviour.
+    """
+
+    def __init__(self, decoder, shift: float) -> None:
+        self.decoder, self.shift = decoder, shift
+
+    def set_image(self, *args) -> None:
+        self.decoder.set_image(*args)
+
+    def run_transformer(self, sparse_embeddings: torch.Tensor):
+        tokens = self.decoder.run_transformer(sparse_embeddings)
+        return replace(tokens, iou_pred=tokens.iou_pred + self.shift)
+
+    def masks_for(self, *args) -> torch.Tensor:
+        return self.decoder.masks_for(*args)
+
+
+def onnx_proposer(locator: Locator, settings: ProposalSettings, shift: float) -> MaskProposer:
+    """The ONNX row's proposer: calibrated settings and the calibrated IoU shift."""
+    sam = locator.proposer.sam
+    return MaskProposer(sam, settings, decoder=IouShiftedDecoder(sam.mask_decoder, shift))
 
 
 # ---------------------------------------------------------------- main
@@ -729,8 +749,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         locator.proposer = MaskProposer(sam, work.settings)
         others["fast"].proposer = MaskProposer(sam, fast_settings(work.settings))
         if "onnx" in others:
-            use_bench_settings(others["onnx"], work.settings)
-            others["onnx_fast"].proposer = type(others["onnx"].proposer)(others["onnx"].proposer.sam, fast_settings(work.settings))
+            others["onnx"].proposer = onnx_proposer(others["onnx"], work.settings, work.iou_shift)
+            others["onnx_fast"].proposer = onnx_proposer(others["onnx"], fast_settings(work.settings), work.iou_shift)
         res = bench_size(locator, tokenizer, clock, encoder_name, work, runs, args.crops, phrases, others)
         print_size(f"{w}x{h}", work, res, runs, args.crops)
         per_size[f"{w}x{h}"] = size_json(res)
