@@ -67,6 +67,7 @@ from .node_jobs import (
     JobCanceled,
     NodeStats,
 )
+from .memory import release_freed_memory
 from .overlay import draw_overlay
 from .ros_messages import (
     Answer,
@@ -132,6 +133,7 @@ class GraspLocatorBase:
         # (frame, when it was answered) of the last successful query: jobs that arrived
         # before then are answered on it, from the core's cache (see _wait_for_frame).
         self._last_query: Optional[Tuple[Frame, float]] = None
+        self._trim_due = False  # an inference ran: give freed memory back when idle
         self._stopping = False
         self._active = False  # answers go out only while active
         self._worker: Optional[threading.Thread] = None
@@ -418,6 +420,11 @@ class GraspLocatorBase:
         """Answer queued jobs in order; in continuous mode follow the target on new frames."""
         while True:
             with self._cond:
+                idle = not (self._stopping or self._jobs or self._tracking_due())
+            if idle and self._trim_due:
+                self._trim_due = False
+                release_freed_memory()
+            with self._cond:
                 while not (self._stopping or self._jobs or self._tracking_due()):
                     self._cond.wait()
                 if self._stopping:
@@ -545,6 +552,7 @@ class GraspLocatorBase:
 
         frame.used = True
         locator = self._locator
+        self._trim_due = True
         try:
             result = locator.locate(frame.rgb, text, on_stage=on_stage)
         except JobCanceled:

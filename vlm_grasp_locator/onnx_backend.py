@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoints import MOBILE_SAM_FILE, CheckpointError, resolve_checkpoint_path
+from .checkpoints import MOBILE_SAM_FILE, CheckpointError, resolve_checkpoint_path, sha256_of
 from .models import RANDOM_WEIGHTS_WARNING, LoadedModels, clip_remote_file, resolve_device
-from .onnx_export import GRAPHS, MANIFEST, MANIFEST_FORMAT, file_sha256, resolve_onnx_dir
+from .onnx_export import GRAPHS, MANIFEST, MANIFEST_FORMAT, resolve_onnx_dir
 from .sam_decoder import DecodedTokens, select_masks
 from .text_encoder import cut_at_eot
 
@@ -225,7 +225,7 @@ def check_export_matches(
             continue
         stat = path.stat()
         same = stat.st_size == recorded["size"] and (
-            stat.st_mtime_ns == recorded["mtime_ns"] or file_sha256(path) == recorded["sha256"]
+            stat.st_mtime_ns == recorded["mtime_ns"] or sha256_of(path) == recorded["sha256"]
         )
         if not same:
             raise OnnxExportError(f"the ONNX export in {onnx_dir} is stale: {path} changed since it was exported; {remedy}")

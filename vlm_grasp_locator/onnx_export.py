@@ -32,7 +32,6 @@ export is refused at load time instead of giving silently different answers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -46,7 +45,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .checkpoints import MOBILE_SAM_FILE, cache_dir, resolve_checkpoint_path
+from .checkpoints import MOBILE_SAM_FILE, cache_dir, resolve_checkpoint_path, sha256_of
 from .models import LoadedModels, clip_remote_file, load_models
 from .sam_decoder import ImageSide, all_mask_logits, decode_tokens, image_side
 from .text_encoder import can_truncate, encode_cut_tokens
@@ -76,18 +75,10 @@ def resolve_onnx_dir(configured: str) -> Path:
     return Path(os.path.expanduser(configured)) if configured else default_onnx_dir()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_record(path: Path) -> Dict[str, Any]:
     """What identifies a checkpoint file: size and mtime (cheap), SHA-256 (for copies)."""
     stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_of(path)}
 
 
 # --- the graphs as modules: the same functions the torch backend runs ---------------
@@ -284,7 +275,7 @@ def export_onnx(
             started = time.perf_counter()
             _export_graph(module, args, path, inputs, outputs, dynamic)
             LOG.info("exported %s in %.1f s", path.name, time.perf_counter() - started)
-            graphs[name] = {"file": path.name, "size": path.stat().st_size, "sha256": file_sha256(path), "inputs": inputs, "outputs": outputs}
+            graphs[name] = {"file": path.name, "size": path.stat().st_size, "sha256": sha256_of(path), "inputs": inputs, "outputs": outputs}
         prompt_encoder = staging / PROMPT_ENCODER_FILE
         torch.save({k: v.detach().cpu() for k, v in models.sam.prompt_encoder.state_dict().items()}, prompt_encoder)
         sam, clip = models.sam, models.clip
@@ -299,7 +290,7 @@ def export_onnx(
             "torch": torch.__version__,
             "exporter": f"torch.onnx.export(dynamo=True), onnxscript {onnxscript.__version__}",
             "graphs": graphs,
-            "prompt_encoder": {"file": PROMPT_ENCODER_FILE, "size": prompt_encoder.stat().st_size, "sha256": file_sha256(prompt_encoder)},
+            "prompt_encoder": {"file": PROMPT_ENCODER_FILE, "size": prompt_encoder.stat().st_size, "sha256": sha256_of(prompt_encoder)},
             "sam": {
                 "img_size": sam.image_encoder.img_size,
                 "mask_threshold": float(sam.mask_threshold),
