@@ -23,6 +23,7 @@ pipelines (see its docstring); the last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import json
 import os
@@ -55,6 +56,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from vlm_grasp_locator.crop_scoring import NEGATIVE_PHRASES, PROMPT_TEMPLATES  # noqa: E402
 from vlm_grasp_locator.locator import Locator, LocatorConfig  # noqa: E402
+from vlm_grasp_locator.model_tuning import tune_image_encoder  # noqa: E402
+from vlm_grasp_locator.models import load_models  # noqa: E402
 from vlm_grasp_locator.mask_proposals import MaskProposer, PROMPT_BATCH, ProposalSettings, Proposals  # noqa: E402
 from vlm_grasp_locator.reference_pipeline import reference_crop_embeddings, reference_proposals  # noqa: E402
 from vlm_grasp_locator.sam_decoder import FastMaskDecoder  # noqa: E402
@@ -98,11 +101,12 @@ def median(values: Sequence[float]) -> float:
 class EncoderClock:
     """Wall time spent inside ``sam.image_encoder`` (forward hooks), whoever calls it."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, *encoders: torch.nn.Module) -> None:
         self.ms = 0.0
         self._started = 0.0
-        encoder.register_forward_pre_hook(self._start)
-        encoder.register_forward_hook(self._stop)
+        for encoder in encoders:
+            encoder.register_forward_pre_hook(self._start)
+            encoder.register_forward_hook(self._stop)
 
     def _start(self, *_):
         self._started = time.perf_counter()
@@ -212,6 +216,7 @@ class Workload:
     passing: int
     iou_range: Tuple[float, float]
     iou_shift: float
+    reference_sam: torch.nn.Module  # mobile_sam's stock encoder, the package's calibrated decoder
 
 
 def load_image(size_wh: Tuple[int, int], source: str) -> np.ndarray:
@@ -252,7 +257,9 @@ def candidate_ious(sam: torch.nn.Module, image: np.ndarray, points_per_side: int
     return torch.cat(ious).flatten()
 
 
-def calibrate(sam: torch.nn.Module, original_iou_bias: torch.Tensor, image: np.ndarray, points_per_side: int, masks_out: int) -> Workload:
+def calibrate(
+    sam: torch.nn.Module, reference_sam: torch.nn.Module, original_iou_bias: torch.Tensor, image: np.ndarray, points_per_side: int, masks_out: int
+) -> Workload:
     """Make random weights behave like MobileSAM on a real scene, for both pipelines alike.
 
     * Predicted IoU: random heads predict about -0.3..0.15, so no threshold in [0, 1]
@@ -290,7 +297,35 @@ def calibrate(sam: torch.nn.Module, original_iou_bias: torch.Tensor, image: np.n
         raise SystemExit("calibration left no masks; try another --seed")
     threshold = float(stability[min(masks_out, len(stability)) - 1])
     settings = replace(loose, stability_score_thresh=min(max(threshold, 1e-6), 1.0), min_mask_region_area=200)
-    return Workload(image, settings, len(ious), passing, (float(ious.min()), float(ious.max())), shift)
+    return Workload(image, settings, len(ious), passing, (float(ious.min()), float(ious.max())), shift, reference_sam)
+
+
+def stock_reference_sam(sam: torch.nn.Module, stock_encoder: torch.nn.Module) -> torch.nn.Module:
+    """The founding composition's model: mobile_sam's image encoder exactly as built (no
+    ``model_tuning``) with the package's prompt encoder and mask decoder, shared, so the
+    IoU calibration applies to both pipelines alike."""
+    from mobile_sam.modeling import Sam
+
+    return Sam(
+        image_encoder=stock_encoder,
+        prompt_encoder=sam.prompt_encoder,
+        mask_decoder=sam.mask_decoder,
+        pixel_mean=sam.pixel_mean.flatten().tolist(),
+        pixel_std=sam.pixel_std.flatten().tolist(),
+    ).eval()
+
+
+@torch.inference_mode()
+def encoder_difference(sam: torch.nn.Module, reference_sam: torch.nn.Module, image: np.ndarray) -> float:
+    """Largest difference between the two image embeddings: both encoders hold the same weights."""
+    from mobile_sam import SamPredictor
+
+    embeddings = []
+    for model in (sam, reference_sam):
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        embeddings.append(predictor.features)
+    return float((embeddings[0] - embeddings[1]).abs().max())
 
 
 def first_n(proposals: Proposals, n: int) -> Proposals:
@@ -327,7 +362,7 @@ def reference_text_scores(locator: Locator, tokenizer, embeddings: torch.Tensor,
 
 
 def run_reference(locator: Locator, tokenizer, work: Workload, crops: int, phrase: str, meter: Meter) -> Answer:
-    proposals = meter.stage("masks", lambda: reference_proposals(locator.proposer.sam, work.image, work.settings))
+    proposals = meter.stage("masks", lambda: reference_proposals(work.reference_sam, work.image, work.settings))
     chosen = first_n(proposals, crops)
     embeddings = meter.stage("crops", lambda: reference_crop_embeddings(locator.scorer, work.image, chosen))
     meter.stage("text", lambda: reference_text_scores(locator, tokenizer, embeddings, phrase))
@@ -707,7 +742,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device="cpu", allow_random_weights=True, seed=args.seed, score_threshold=0.0, max_detections=args.crops,
         fast_prompts=args.fast_prompts, points_per_side=args.points_per_side,
     )
-    locator = Locator.from_config(config)
+    config.validate()
+    models = load_models(**config.model_kwargs(), tune=False)
+    stock_encoder = copy.deepcopy(models.sam.image_encoder)
+    tune_image_encoder(models.sam)  # what load_models does by default
+    locator = Locator.from_models(config, models)
     # Fast mode on the same models; max_detections back at its default, which (with
     # FAST_SCORED_CROPS) bounds the crops fast mode scores.
     fast_config = replace(config, mode="fast", max_detections=LocatorConfig.max_detections)
@@ -718,8 +757,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.backend_onnx:
         others.update(onnx_locators(config, fast_config, args.backend_onnx))
     sam = locator.proposer.sam
+    reference_sam = stock_reference_sam(sam, stock_encoder)
     tokenizer = SimpleTokenizer(context_length=locator.scorer.clip.context_length)
-    clock = EncoderClock(sam.image_encoder)
+    clock = EncoderClock(sam.image_encoder, stock_encoder)
     encoder_name = type(sam.image_encoder).__name__
     original_bias = sam.mask_decoder.iou_prediction_head.layers[-1].bias.detach().clone()
     phrases = fresh_phrases()
@@ -745,7 +785,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     per_size = {}
     for index, ((w, h), runs) in enumerate(zip(args.sizes, args.runs)):
         image = load_image((w, h), args.image)
-        work = calibrate(sam, original_bias, image, args.points_per_side, args.crops)
+        work = calibrate(sam, reference_sam, original_bias, image, args.points_per_side, args.crops)
+        if index == 0:
+            print(f"tuned vs stock image encoder on this image: max abs difference {encoder_difference(sam, reference_sam, image):.1e}")
         locator.proposer = MaskProposer(sam, work.settings)
         others["fast"].proposer = MaskProposer(sam, fast_settings(work.settings))
         if "onnx" in others:

@@ -26,7 +26,7 @@ from .command_parser import parse_command
 from .crop_scoring import CROP_MODES, CropScorer, CropSettings
 from .image_input import frame_key, fit_long_side, resize_mask, to_rgb_uint8
 from .mask_proposals import MaskProposer, ProposalSettings, Proposals
-from .models import DEFAULT_CLIP_MODEL, available_clip_models, load_models
+from .models import DEFAULT_CLIP_MODEL, LoadedModels, available_clip_models, load_models
 from .text_guided_prompts import MAX_PROMPTS, choose_prompts, embed_windows, prompt_rank_of, relevance_windows
 
 LOG = logging.getLogger(__name__)
@@ -119,6 +119,19 @@ class LocatorConfig:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         self.proposal_settings().validate()
         self.crop_settings().validate()
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments for ``models.load_models``."""
+        return dict(
+            device=self.device,
+            clip_model=self.clip_model,
+            mobile_sam_checkpoint=self.mobile_sam_checkpoint,
+            clip_checkpoint=self.clip_checkpoint,
+            allow_random_weights=self.allow_random_weights,
+            seed=self.seed,
+            backend=self.backend,
+            onnx_dir=self.onnx_dir,
+        )
 
 
 @dataclass
@@ -220,16 +233,11 @@ class Locator:
         config.validate()
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        models = load_models(
-            device=config.device,
-            clip_model=config.clip_model,
-            mobile_sam_checkpoint=config.mobile_sam_checkpoint,
-            clip_checkpoint=config.clip_checkpoint,
-            allow_random_weights=config.allow_random_weights,
-            seed=config.seed,
-            backend=config.backend,
-            onnx_dir=config.onnx_dir,
-        )
+        return cls.from_models(config, load_models(**config.model_kwargs()))
+
+    @classmethod
+    def from_models(cls, config: LocatorConfig, models: LoadedModels) -> "Locator":
+        """A Locator on models already loaded (``load_models(**config.model_kwargs())``)."""
         return cls(
             config,
             MaskProposer(models.sam, config.proposal_settings()),

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from .model_tuning import tune_image_encoder
 from .checkpoints import (
     MOBILE_SAM_FILE,
     MOBILE_SAM_URL,
@@ -105,6 +106,7 @@ def load_models(
     seed: int = 0,
     backend: str = "torch",
     onnx_dir: str = "",
+    tune: bool = True,
 ) -> LoadedModels:
     """Build both models on ``device`` with their checkpoints' weights.
 
@@ -114,6 +116,8 @@ def load_models(
     device or model name. ``backend="onnxruntime"`` runs the graphs ``export-onnx`` wrote
     into ``onnx_dir`` instead (``onnx_backend``; ``OnnxExportError``, a ``CheckpointError``,
     when that export is missing, partial, stale or of another configuration).
+    ``tune`` rewrites the torch MobileSAM encoder for inference (``model_tuning``: same
+    maths, faster); ``False`` keeps mobile_sam's modules exactly as built.
     """
     if backend == "onnxruntime":
         from .onnx_backend import load_onnx_models
@@ -147,6 +151,8 @@ def load_models(
             load_into(model, load_state_dict(path, what), path, what)
         models.append(model.eval().to(torch_device))
     sam, clip = models
+    if tune:
+        tune_image_encoder(sam)
     return LoadedModels(sam, clip, clip_model, torch_device, random_weights)
 
 

@@ -256,6 +256,7 @@ def export_onnx(
         clip_checkpoint=clip_checkpoint,
         allow_random_weights=allow_random_weights,
         seed=seed,
+        tune=False,  # mobile_sam's own modules; ONNX Runtime folds batch norms itself
     )
     if not can_truncate(models.clip):
         raise ValueError(f"{clip_model}: text tower is not a causal, EOT-pooled open_clip one; cannot export it")

@@ -73,8 +73,8 @@ def _tokens_to_fixed_image(attn, q: torch.Tensor, k_heads: torch.Tensor, v_heads
     return attn.out_proj(torch.stack(out, dim=1).view(b, t, h * d))
 
 
-def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``attn(q=image_plus_pe, k=k, v=v)``: image positions attend to few tokens."""
+def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + attn(q=image_plus_pe, k=k, v=v)``: image positions attend to few tokens."""
     b, t, _ = k.shape
     h = attn.num_heads
     d = attn.internal_dim // h
@@ -83,23 +83,28 @@ def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torc
     folded_k = torch.einsum("hdc,bhtd->bhtc", wq, kh).reshape(b, h * t, -1) / math.sqrt(d)
     bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1) / math.sqrt(d)
     scores = torch.baddbmm(bias, folded_k, image_plus_pe.transpose(1, 2))  # (B, hT, N)
-    return _mix_tokens(attn, scores, v)
+    return _mix_tokens(attn, scores, v, residual)
 
 
-def _image_fixed_to_tokens(attn, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Image-to-token attention whose image-side queries (h, N, d) are shared by every prompt."""
+def _image_fixed_to_tokens(attn, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual +`` image-to-token attention whose image-side queries (h, N, d) are shared by every prompt."""
     b, t, _ = k.shape
     h = attn.num_heads
     d = q_heads.shape[-1]
     kh = attn.k_proj(k).view(b * t, h, d)
     scores = torch.stack([kh[:, i] @ q_heads[i].T for i in range(h)], dim=1)  # (B*T, h, N)
     scores = scores.view(b, t, h, -1).transpose(1, 2).reshape(b, h * t, -1) / math.sqrt(d)
-    return _mix_tokens(attn, scores, v)
+    return _mix_tokens(attn, scores, v, residual)
 
 
-def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax per head over the T tokens of ``scores`` (B, hT, N), then values and
-    output projection folded together."""
+def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual +`` softmax per head over the T tokens of ``scores`` (B, hT, N), then
+    values and output projection folded together.
+
+    Each head's probabilities sum to one over its tokens, so every image position's row
+    of all h heads sums to h: adding bias/h to each folded value row adds the output
+    bias once, and the residual comes in through the same fused product. That saves two
+    passes over the (B, N, C) image tensor."""
     b, ht, n = scores.shape
     h = attn.num_heads
     t = ht // h
@@ -107,18 +112,39 @@ def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, ht, n)
     vh = _heads(attn.v_proj(v), h)  # (B, h, T, d)
     wo = attn.out_proj.weight.view(-1, h, d)  # (C, h, d)
-    folded_v = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, ht, -1)
-    return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), probs.transpose(1, 2), folded_v)
+    folded_v = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, ht, -1) + attn.out_proj.bias / h
+    return torch.baddbmm(residual, probs.transpose(1, 2), folded_v)
 
 
-def _upscale(upscaling: torch.nn.Sequential, src: torch.Tensor) -> torch.Tensor:
-    """``MaskDecoder.output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) with the
-    channel LayerNorm done by ``F.layer_norm`` on a channels-last view: the same
-    normalisation (rounding aside), about twice as fast as mobile_sam's elementwise one."""
-    conv1, norm, act1, conv2, act2 = upscaling
-    x = conv1(src)
-    x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
-    return act2(conv2(act1(x)))
+def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
+    """``output_upscaling`` followed by the hypernetwork product: (k, N, C), (k, m, c) -> (k, m, 4h, 4w).
+
+    Both transposed convolutions have kernel 2 and stride 2, so each is one matrix
+    product per pixel (channels in, a 2x2 block of channels out), and so is the
+    channel LayerNorm between them. Working on (pixels, channels) rows needs no layout
+    changes until the final logits, which have only ``m`` channels instead of 32, and
+    asking for one mask's logits costs no upscaling for the others.
+    """
+    conv1, norm, act1, conv2, act2 = decoder.output_upscaling
+    h, w = grid_hw
+    k, n, c = image_tokens.shape
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    m = hyper.shape[1]
+    # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2*2*out): rows give each block's pixels.
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    x = torch.baddbmm(conv1.bias.repeat(4).expand(k, 1, -1), image_tokens, w1.expand(k, -1, -1))
+    x = act1(F.layer_norm(x.view(k, n * 4, c1), (c1,), norm.weight, norm.bias, norm.eps))
+    x = act2(torch.baddbmm(conv2.bias.repeat(4).expand(k, 1, -1), x, w2.expand(k, -1, -1)))
+    logits = torch.bmm(x.view(k, n * 16, c2), hyper.transpose(1, 2))  # (k, rows: y, x, a, b, c, d; m)
+    # Output pixel (4y + 2a + c, 4x + 2b + d): a/b from the first convolution, c/d from the second.
+    logits = logits.view(k, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return logits.reshape(k, m, 4 * h, 4 * w)
+
+
+def hypernetwork_outputs(decoder: torch.nn.Module, mask_tokens: torch.Tensor) -> torch.Tensor:
+    """Each mask token through its own MLP: (k, n_masks, C) -> (k, n_masks, c)."""
+    return torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
 
 
 @dataclass
@@ -177,9 +203,9 @@ def decode_tokens(decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: 
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + token_pe
         if keys is None:
-            keys = side.image + _image_fixed_to_tokens(layer.cross_attn_image_to_token, side.q0, q, queries)
+            keys = _image_fixed_to_tokens(layer.cross_attn_image_to_token, side.q0, q, queries, side.image)
         else:
-            keys = keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries)
+            keys = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries, keys)
         keys = layer.norm4(keys)
     if keys is None:
         keys = side.image.expand(b, -1, -1)
@@ -197,15 +223,8 @@ def all_mask_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, mask_t
     """Low-resolution logits of all mask tokens of k prompts: (k, n_masks, 4h, 4w).
 
     image_tokens: (k, h*w, C) after the transformer; mask_tokens: (k, n_masks, C).
-    All masks of a prompt in one product (cheap next to the upscaling).
     """
-    h, w = grid_hw
-    k = image_tokens.shape[0]
-    src = image_tokens.transpose(1, 2).reshape(k, -1, h, w)
-    upscaled = _upscale(decoder.output_upscaling, src)  # (k, c, 4h, 4w)
-    hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    _, c, uh, uw = upscaled.shape
-    return torch.bmm(hyper, upscaled.flatten(2)).view(k, -1, uh, uw)
+    return upscaled_logits(decoder, image_tokens, hypernetwork_outputs(decoder, mask_tokens), grid_hw)
 
 
 def select_masks(
@@ -252,10 +271,14 @@ class FastMaskDecoder:
     def masks_for(self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits (K, 256, 256) for the (prompt, mask) pairs asked for.
 
-        ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
+        ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in
+        order. One prompt at a time: its upscaled features (32x256x256 floats) then stay
+        in the CPU cache, and only the masks asked for are multiplied out.
         """
-        return select_masks(
-            prompt_idx,
-            mask_idx,
-            lambda chunk: all_mask_logits(self.decoder, tokens.image_tokens[chunk], tokens.mask_tokens[chunk], self.grid_hw),
-        )
+        hyper = hypernetwork_outputs(self.decoder, tokens.mask_tokens)
+        out = []
+        for prompt in torch.unique(prompt_idx).tolist():
+            masks = mask_idx[prompt_idx == prompt]
+            one = slice(prompt, prompt + 1)
+            out.append(upscaled_logits(self.decoder, tokens.image_tokens[one], hyper[one, masks], self.grid_hw)[0])
+        return torch.cat(out)
