@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from vlm_grasp_locator.cpu_threads import torch_threads  # noqa: E402
 from vlm_grasp_locator.crop_scoring import NEGATIVE_PHRASES, PROMPT_TEMPLATES  # noqa: E402
 from vlm_grasp_locator.locator import Locator, LocatorConfig  # noqa: E402
 from vlm_grasp_locator.model_tuning import tune_image_encoder  # noqa: E402
@@ -161,7 +162,9 @@ class Meter:
 
     def stage(self, name: str, fn: Callable):
         if self.flops:
-            with FlopCounterMode(display=False) as counter:
+            # One torch thread: the decoder then runs its batches in this thread, where the
+            # (thread-local) counting mode sees them; same FLOPs either way.
+            with torch_threads(1), FlopCounterMode(display=False) as counter:
                 out = fn()
             total = counter.get_total_flops() / 1e9
             encoder = sum(counter.get_flop_counts().get(self.encoder_name, {}).values()) / 1e9

@@ -82,3 +82,34 @@ def test_fast_decoder_matches_mobile_sam_decoder(locator, scene):
     predictor.reset_image()
     torch.testing.assert_close(tokens.iou_pred[:, 1:], want_iou, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(masks, want_masks, atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_fast_decoder_gives_any_subset_of_masks(locator, scene):
+    """Only the (prompt, mask) pairs asked for are upscaled; they equal those of all masks."""
+    from vlm_grasp_locator.sam_decoder import FastMaskDecoder, all_mask_logits
+
+    sam = locator.proposer.sam
+    predictor = locator.proposer.predictor
+    predictor.set_image(scene)
+    points = torch.rand(5, 1, 2, generator=torch.Generator().manual_seed(1)) * 1024
+    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+    decoder = FastMaskDecoder(sam.mask_decoder)
+    decoder.set_image(predictor.features, sam.prompt_encoder.get_dense_pe(), dense[:1])
+    tokens = decoder.run_transformer(sparse)
+    predictor.reset_image()
+    everything = all_mask_logits(sam.mask_decoder, tokens.image_tokens, tokens.mask_tokens, decoder.grid_hw)
+    prompt_idx = torch.tensor([0, 0, 2, 3, 3, 3])
+    mask_idx = torch.tensor([1, 3, 2, 0, 1, 3])
+    torch.testing.assert_close(decoder.masks_for(tokens, prompt_idx, mask_idx), everything[prompt_idx, mask_idx], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("original_hw", [(480, 640), (720, 1280), (640, 480), (1024, 1024), (37, 1900)])
+def test_masks_at_image_size_equals_mobile_sam_postprocessing(locator, original_hw):
+    from vlm_grasp_locator.mask_proposals import masks_at_image_size
+
+    sam = locator.proposer.sam
+    input_hw = locator.proposer.predictor.transform.get_preprocess_shape(*original_hw, sam.image_encoder.img_size)
+    low_res = torch.randn(4, 256, 256, generator=torch.Generator().manual_seed(2))
+    want = sam.postprocess_masks(low_res[:, None], input_hw, original_hw)[:, 0]
+    assert torch.equal(masks_at_image_size(low_res, sam.image_encoder.img_size, input_hw, original_hw), want)
