@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Iterator, List, TypeVar
 
 import torch
 
+from .memory import limit_malloc_arenas
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -53,6 +55,7 @@ def map_on_cpu_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -
         with torch.inference_mode():
             return fn(x)
 
+    limit_malloc_arenas()  # see ``memory``: each new thread's own heap costs peak memory
     with torch_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="cpu-work") as pool:
         futures = [pool.submit(call, x) for x in items]
         try:

@@ -119,6 +119,7 @@ class _BatchMasks:
     """What one batch of prompts contributes: masks on the CPU and their prompt numbers."""
 
     masks: torch.Tensor
+    boxes: torch.Tensor  # inclusive boxes, as mobile_sam's NMS uses them
     predicted_iou: torch.Tensor
     stability_score: torch.Tensor
     prompt_index: np.ndarray
@@ -195,26 +196,19 @@ class MaskProposer:
             starts,
             workers=torch.get_num_threads() if parallel else 1,
         )
-        kept = [b for b in batches if b is not None]
-        kept_masks = [b.masks for b in kept]
-        kept_iou = [b.predicted_iou for b in kept]
-        kept_stability = [b.stability_score for b in kept]
-        kept_points = [points[b.prompt_index] for b in kept]
-
-        if not kept_masks or sum(len(m) for m in kept_masks) == 0:
+        kept = [b for b in batches if b is not None and len(b.masks) > 0]
+        if not kept:
             return Proposals.empty(size_hw)
-        masks = torch.cat(kept_masks)
-        iou_preds = torch.cat(kept_iou)
-        stability = torch.cat(kept_stability)
-        point_coords = np.concatenate(kept_points)
+        iou_preds = torch.cat([b.predicted_iou for b in kept])
+        stability = torch.cat([b.stability_score for b in kept])
+        point_coords = np.concatenate([points[b.prompt_index] for b in kept])
 
         # Duplicates: the same box-NMS as the generator (inclusive boxes, like mobile_sam).
-        from mobile_sam.utils.amg import batched_mask_to_box
-
-        keep = batched_nms(
-            batched_mask_to_box(masks).float(), iou_preds, torch.zeros(len(masks)), iou_threshold=s.box_nms_thresh
-        )
-        masks, iou_preds, stability, point_coords = masks[keep], iou_preds[keep], stability[keep], point_coords[keep.numpy()]
+        # Boxes come with each batch, so only the masks NMS keeps are copied together.
+        keep = batched_nms(torch.cat([b.boxes for b in kept]), iou_preds, torch.zeros(len(iou_preds)), iou_threshold=s.box_nms_thresh)
+        every_mask = [mask for b in kept for mask in b.masks]
+        masks = torch.stack([every_mask[i] for i in keep.tolist()])
+        iou_preds, stability, point_coords = iou_preds[keep], stability[keep], point_coords[keep.numpy()]
         if s.min_mask_region_area > 0:
             # As in the generator, the NMS after cleaning uses the larger of the two thresholds.
             nms_thresh = max(s.box_nms_thresh, s.crop_nms_thresh)
@@ -232,7 +226,7 @@ class MaskProposer:
     def _decode_batch(self, in_points: torch.Tensor, first: int) -> Optional["_BatchMasks"]:
         """Masks of the prompts ``in_points`` (model coordinates; the first is prompt number
         ``first``) that pass the predicted-IoU and stability thresholds, or None."""
-        from mobile_sam.utils.amg import calculate_stability_score
+        from mobile_sam.utils.amg import batched_mask_to_box, calculate_stability_score
 
         s = self.settings
         sparse, _ = self._embed_points(in_points)
@@ -253,8 +247,10 @@ class MaskProposer:
             stability.append(part_stability)
             ok.append(part_ok)
         ok = torch.cat(ok)
+        masks = torch.cat(masks)
         return _BatchMasks(
-            masks=torch.cat(masks),
+            masks=masks,
+            boxes=batched_mask_to_box(masks).float(),
             predicted_iou=iou[prompt_idx, mask_idx][ok].float().cpu(),
             stability_score=torch.cat(stability)[ok].float().cpu(),
             prompt_index=first + prompt_idx[ok].cpu().numpy(),

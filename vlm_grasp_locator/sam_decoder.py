@@ -12,8 +12,11 @@ changes, which moves results by float rounding (~1e-5), never by more:
   score of one query and cancels in the softmax; attention rows sum to one, so a value
   bias passes straight through). For 7 tokens against 4096 image positions that is
   about half the multiply-adds.
+* Attention outputs are added to the image tokens inside the same fused product
+  (``baddbmm``), with the output bias folded into the values.
 * The IoU head needs only the IoU token, so quality filtering can happen before the
-  upscaling convolutions, which then run only for prompts that still have a mask.
+  upscaling convolutions, which then run only for prompts that still have a mask, and
+  only the masks that passed are multiplied out (``upscaled_logits``).
 """
 from __future__ import annotations
 
@@ -232,7 +235,8 @@ def select_masks(
 ) -> torch.Tensor:
     """Logits (K, H, W) of the (prompt, mask) pairs asked for, ``UPSCALE_CHUNK`` prompts at a time.
 
-    ``logits_for(prompts)`` gives all masks' logits (k, n_masks, H, W) of those prompts.
+    ``logits_for(prompts)`` gives all masks' logits (k, n_masks, H, W) of those prompts
+    (the ONNX Runtime backend's masks graph, which has no per-mask input).
     ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
     """
     prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
