@@ -8,9 +8,9 @@ whole batch with one intra-op thread is faster: measured 15-25% on the decoder h
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, List, TypeVar
+from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
 
 import torch
 
@@ -20,8 +20,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # torch's thread count is process-wide: two overlapping calls must not interleave
-# their set/restore.
+# their set/restore. Held for a whole ``map_on_cpu_threads`` call.
 _THREADS_LOCK = threading.Lock()
+_POOL_LOCK = threading.Lock()
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_WORKERS = 0
 
 
 @contextmanager
@@ -39,13 +42,32 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's worker threads, created once (and again only for another size).
+
+    Kept alive on purpose: glibc ties each thread to one malloc arena for its life, so
+    the same threads reuse the same heaps inference after inference instead of new
+    threads spreading transient buffers over every arena the process has (``memory``).
+    """
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_WORKERS != workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            limit_malloc_arenas()
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu-work")
+            _POOL_WORKERS = workers
+        return _POOL
+
+
 def map_on_cpu_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> List[R]:
     """``[fn(x) for x in items]``, in order, on ``workers`` threads with one torch thread each.
 
     ``workers <= 1`` (or a single item) runs in the caller's thread with its settings
     unchanged. ``fn`` runs under ``torch.inference_mode`` (it is per thread). The first
     exception raised by ``fn`` is raised here; calls not started by then are dropped and
-    the running ones finish first.
+    the running ones finish first. One call at a time (others wait): the workers are
+    shared by the process.
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
@@ -55,12 +77,12 @@ def map_on_cpu_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -
         with torch.inference_mode():
             return fn(x)
 
-    limit_malloc_arenas()  # see ``memory``: each new thread's own heap costs peak memory
-    with torch_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="cpu-work") as pool:
-        futures = [pool.submit(call, x) for x in items]
+    with torch_threads(1):
+        futures = [_pool(workers).submit(call, x) for x in items]
         try:
             return [f.result() for f in futures]
         except BaseException:
             for f in futures:
-                f.cancel()  # those not started yet; leaving the block waits for the rest
+                f.cancel()  # those not started yet
+            wait(futures)  # and the running ones, before torch's thread count is restored
             raise

@@ -67,7 +67,7 @@ from .node_jobs import (
     JobCanceled,
     NodeStats,
 )
-from .memory import release_freed_memory
+from .memory import limit_malloc_arenas, release_freed_memory
 from .overlay import draw_overlay
 from .ros_messages import (
     Answer,
@@ -734,6 +734,7 @@ def main(args: Optional[List[str]] = None, managed: bool = False) -> int:
     from .checkpoints import CheckpointError
 
     managed = managed or _wants_managed(args)
+    limit_malloc_arenas()  # before rclpy's and DDS's threads exist (see ``memory``)
     rclpy.init(args=args)
     logger = get_logger(NODE_NAME)
     node: Optional[GraspLocatorBase] = None
