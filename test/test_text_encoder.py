@@ -59,3 +59,30 @@ def test_rejects_unbatched_tokens():
     clip = build_tinyclip(DEFAULT_CLIP_MODEL).eval()
     with pytest.raises(ValueError):
         encode_text_until_eot(clip, torch.zeros(77, dtype=torch.long))
+
+
+@torch.inference_mode()
+def test_template_prefix_encoder_matches_encode_text(clip):
+    from vlm_grasp_locator.text_encoder import TemplatePrefixEncoder
+
+    assert TemplatePrefixEncoder.supported(clip)
+    tokenizer = SimpleTokenizer(context_length=clip.context_length)
+    encoder = TemplatePrefixEncoder(clip, tokenizer, PROMPT_TEMPLATES)
+    phrases = ["mug", "red coffee mug", "the big shiny metal spoon next to the blue bowl", "a " * 100, "café crème"]
+    got = encoder.encode(phrases)
+    want = clip.encode_text(tokenizer([t.format(p) for p in phrases for t in PROMPT_TEMPLATES]), normalize=True)
+    assert got.shape == (len(phrases), len(PROMPT_TEMPLATES), want.shape[-1])
+    torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder.encode(["mug"])[0], got[0], atol=1e-6, rtol=1e-6)  # batch-independent
+
+
+@torch.inference_mode()
+def test_template_prefix_encoder_falls_back_when_the_phrase_joins_the_prefix(clip):
+    """"photo{}" with "graph" tokenizes as "photograph", not "photo" + "graph"."""
+    from vlm_grasp_locator.text_encoder import TemplatePrefixEncoder
+
+    tokenizer = SimpleTokenizer(context_length=clip.context_length)
+    templates = ("a photo{} here.", "a photo of a {}.")
+    got = TemplatePrefixEncoder(clip, tokenizer, templates).encode(["graph"])
+    want = clip.encode_text(tokenizer([t.format("graph") for t in templates]), normalize=True)
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)

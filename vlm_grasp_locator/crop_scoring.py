@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from .text_encoder import encode_text_until_eot
+from .text_encoder import TemplatePrefixEncoder, encode_text_until_eot
 
 # CLIP's training statistics; the fill colour is their mean so suppressed pixels look
 # like "nothing" to the model rather than like a black or white object.
@@ -108,6 +108,10 @@ class TextEmbeddingCache:
 
         self.clip = clip
         self.tokenizer = SimpleTokenizer(context_length=clip.context_length)
+        # The templates' fixed beginnings computed once (open_clip towers; not ONNX Runtime's).
+        self._templates = (
+            TemplatePrefixEncoder(clip, self.tokenizer, PROMPT_TEMPLATES) if TemplatePrefixEncoder.supported(clip) else None
+        )
         self.capacity = capacity
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
@@ -116,10 +120,13 @@ class TextEmbeddingCache:
         """(len(phrases), D) float32 embeddings, computing only the phrases not cached."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self._cache]
         if missing:
-            texts = [t.format(p) for p in missing for t in PROMPT_TEMPLATES]
-            tokens = self.tokenizer(texts).to(next(self.clip.parameters()).device)
-            features = encode_text_until_eot(self.clip, tokens).float()
-            features = features.view(len(missing), len(PROMPT_TEMPLATES), -1).mean(dim=1)
+            if self._templates is not None:
+                features = self._templates.encode(missing).float().mean(dim=1)
+            else:
+                texts = [t.format(p) for p in missing for t in PROMPT_TEMPLATES]
+                tokens = self.tokenizer(texts).to(next(self.clip.parameters()).device)
+                features = encode_text_until_eot(self.clip, tokens).float()
+                features = features.view(len(missing), len(PROMPT_TEMPLATES), -1).mean(dim=1)
             for phrase, feature in zip(missing, torch.nn.functional.normalize(features, dim=-1)):
                 self._cache[phrase] = feature
         for p in phrases:

@@ -11,7 +11,7 @@ mask, ``last``/``mean`` pooling, custom text towers) fall back to ``encode_text`
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +74,104 @@ def encode_text_until_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> torch.
     if not can_truncate(clip) or tokens.shape[0] == 0:
         return clip.encode_text(tokens, normalize=True)
     return encode_cut_tokens(clip, *cut_at_eot(clip, tokens))
+
+
+class TemplatePrefixEncoder:
+    """``encode_text_until_eot`` for ``template.format(phrase)`` texts, each template's
+    fixed beginning computed once.
+
+    With causal attention the hidden states of a text's first tokens do not depend on
+    what follows them, so the prefix of each template ("<start> a photo of a") is run
+    through the tower once and its per-layer attention inputs are kept. A new phrase
+    then runs only its own tokens and the template's ending, attending to the kept
+    prefix as keys and values: about a third of the work for TinyCLIP's five templates,
+    the same features up to float rounding (tested). Rows whose tokens do not begin with
+    the template's prefix tokens (never seen, but cheap to check) are encoded in full.
+    """
+
+    def __init__(self, clip: torch.nn.Module, tokenizer: Callable[[Sequence[str]], torch.Tensor], templates: Sequence[str]) -> None:
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.templates = tuple(templates)
+        self._prefix_tokens: Optional[List[torch.Tensor]] = None
+        self._prefix_states: Optional[torch.Tensor] = None  # (templates, layers, P, width)
+
+    @staticmethod
+    def supported(clip: torch.nn.Module) -> bool:
+        """A causal, EOT-pooled open_clip tower of plain self-attention blocks, batch first."""
+        transformer = getattr(clip, "transformer", None)
+        return (
+            can_truncate(clip)
+            and getattr(transformer, "batch_first", False)
+            and all(not hasattr(block, "ln_1_kv") and hasattr(block, "attn") for block in transformer.resblocks)
+        )
+
+    def _prepare(self) -> None:
+        """Tokens and per-layer attention inputs (``ln_1`` outputs) of each template's prefix."""
+        device = self.clip.positional_embedding.device
+        prefixes = [template.split("{}")[0] for template in self.templates]
+        tokens = self.tokenizer(prefixes)
+        eot = _pool_indices(self.clip, tokens)
+        self._prefix_tokens = [row[:end] for row, end in zip(tokens, eot.tolist())]  # without EOT
+        longest = max(len(t) for t in self._prefix_tokens)
+        blocks = self.clip.transformer.resblocks
+        states = torch.zeros(len(prefixes), len(blocks), longest, self.clip.transformer.width, device=device)
+        for i, prefix in enumerate(self._prefix_tokens):
+            length = len(prefix)
+            x = self.clip.token_embedding(prefix[None].to(device)) + self.clip.positional_embedding[:length]
+            mask = self.clip.attn_mask[:length, :length]
+            for layer, block in enumerate(blocks):
+                states[i, layer, :length] = block.ln_1(x)[0]
+                x = block(x, attn_mask=mask)
+        self._prefix_states = states
+
+    def encode(self, phrases: Sequence[str]) -> torch.Tensor:
+        """(len(phrases), len(templates), D) L2-normalised features, row t of a phrase for
+        ``templates[t].format(phrase)``. Runs under the caller's grad mode."""
+        if self._prefix_states is None:
+            self._prepare()
+        texts = [t.format(p) for p in phrases for t in self.templates]
+        tokens = self.tokenizer(texts)
+        n_templates = len(self.templates)
+        starts = [len(self._prefix_tokens[i % n_templates]) for i in range(len(texts))]
+        prefix_ok = all(torch.equal(row[:s], self._prefix_tokens[i % n_templates]) for i, (row, s) in enumerate(zip(tokens, starts)))
+        if not prefix_ok:
+            return encode_text_until_eot(self.clip, tokens.to(self.clip.positional_embedding.device)).view(len(phrases), n_templates, -1)
+        return self._encode_after_prefix(tokens, starts).view(len(phrases), n_templates, -1)
+
+    def _encode_after_prefix(self, tokens: torch.Tensor, starts: List[int]) -> torch.Tensor:
+        clip = self.clip
+        device = clip.positional_embedding.device
+        rows = len(tokens)
+        n_templates = len(self.templates)
+        pool_at = _pool_indices(clip, tokens).tolist()
+        lengths = [end + 1 - start for start, end in zip(starts, pool_at)]
+        new_len = max(lengths)
+        prefix_len = self._prefix_states.shape[2]
+        ids = torch.zeros(rows, new_len, dtype=tokens.dtype)
+        positions = torch.zeros(rows, new_len, dtype=torch.long)
+        # Additive mask over (kept prefix, new tokens): a row's real prefix positions and,
+        # causally, its own new tokens; padding after a row's EOT is never attended to.
+        allowed = torch.zeros(rows, new_len, prefix_len + new_len, dtype=torch.bool)
+        causal = torch.ones(new_len, new_len, dtype=torch.bool).tril()
+        for r, (start, length) in enumerate(zip(starts, lengths)):
+            ids[r, :length] = tokens[r, start : start + length]
+            positions[r] = torch.arange(start, start + new_len).clamp(max=clip.positional_embedding.shape[0] - 1)
+            allowed[r, :, :start] = True
+            allowed[r, :, prefix_len:] = causal
+        mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed.to(device), float("-inf"))
+        heads = clip.transformer.resblocks[0].attn.num_heads
+        mask = mask.repeat_interleave(heads, dim=0)  # (rows * heads, new, prefix + new)
+        template_of_row = torch.arange(rows) % n_templates
+        x = clip.token_embedding(ids.to(device)) + clip.positional_embedding[positions.to(device)]
+        for layer, block in enumerate(clip.transformer.resblocks):
+            h = block.ln_1(x)
+            kv = torch.cat([self._prefix_states[template_of_row, layer], h], dim=1)
+            x = x + block.ls_1(block.attn(h, kv, kv, need_weights=False, attn_mask=mask)[0])
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = clip.ln_final(x)
+        x = x[torch.arange(rows, device=device), torch.tensor(lengths, device=device) - 1]
+        projection = clip.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1)
