@@ -211,7 +211,8 @@ def matmul_gflops(n: int = 2048, reps: int = 6) -> Tuple[float, float]:
 
 @dataclass
 class Workload:
-    """What both pipelines run on one image: the same settings and the same model."""
+    """What both pipelines run on one image: the same settings and the same weights (the
+    reference's image encoder is mobile_sam's stock module, the package's the tuned one)."""
 
     image: np.ndarray
     settings: ProposalSettings
@@ -281,7 +282,11 @@ def calibrate(
         head.bias.copy_(original_iou_bias)
     ious = candidate_ious(sam, image, points_per_side)
     keep_fraction = REALISTIC_PASS_FRACTION
-    cut = float(torch.quantile(ious.double(), 1.0 - keep_fraction))
+    # Thresholds sit halfway between two neighbouring values, so that the stock encoder's
+    # rounding differences (~1e-5) cannot move a mask across them.
+    ranked = torch.sort(ious.double(), descending=True).values
+    n_pass = max(1, min(len(ranked) - 1, round(len(ranked) * keep_fraction)))
+    cut = float(ranked[n_pass - 1] + ranked[n_pass]) / 2
     shift = FOUNDING_IOU_THRESH - cut
     with torch.no_grad():
         head.bias += shift
@@ -298,7 +303,8 @@ def calibrate(
     stability = np.sort(MaskProposer(sam, loose)(image).stability_score)[::-1]
     if len(stability) == 0:
         raise SystemExit("calibration left no masks; try another --seed")
-    threshold = float(stability[min(masks_out, len(stability)) - 1])
+    k = min(masks_out, len(stability))
+    threshold = float(stability[k - 1] + stability[k]) / 2 if k < len(stability) else float(stability[-1]) / 2
     settings = replace(loose, stability_score_thresh=min(max(threshold, 1e-6), 1.0), min_mask_region_area=200)
     return Workload(image, settings, len(ious), passing, (float(ious.min()), float(ious.max())), shift, reference_sam)
 

@@ -54,7 +54,7 @@ def test_a_failure_is_raised_stops_the_rest_and_restores_the_threads(two_threads
 
     with pytest.raises(RuntimeError, match="batch 0"):
         map_on_cpu_threads(work, range(200), workers=2)
-    assert len(calls) < 20  # the queued calls were dropped
+    assert len(calls) < 100  # the queued calls were dropped
     assert torch.get_num_threads() == 2
 
 

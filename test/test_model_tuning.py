@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from vlm_grasp_locator.model_tuning import fuse_conv_batchnorm, tune_image_encoder
-from vlm_grasp_locator.models import DEFAULT_CLIP_MODEL, build_mobile_sam, load_models
-
+from vlm_grasp_locator.models import build_mobile_sam, load_models
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +64,6 @@ def test_fusing_leaves_modules_without_conv_batchnorm_alone():
 
 
 def test_load_models_tunes_unless_asked_not_to():
-    kwargs = dict(device="cpu", clip_model=DEFAULT_CLIP_MODEL, allow_random_weights=True, seed=0)
+    kwargs = dict(device="cpu", clip_model="TinyCLIP-ViT-8M-16-Text-3M", allow_random_weights=True, seed=0)
     assert batch_norms(load_models(**kwargs).sam.image_encoder) == 0
     assert batch_norms(load_models(**kwargs, tune=False).sam.image_encoder) > 0

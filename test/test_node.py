@@ -176,6 +176,10 @@ def test_bad_images_are_skipped(node: RunningNode, rgb: np.ndarray) -> None:
     liar.height = H * 10  # data shorter than step * height
     for bad in (unknown, short, empty, liar):
         node.publish(bad)
+    # Images and commands come on different subscriptions: give the node time to take in
+    # all five frames, so that the command cannot overtake the good one (seen once under
+    # full-suite load).
+    time.sleep(1.0)
     answer = node.ask("take the cup", INFER_TIMEOUT_S)
     _assert_header(answer, good)  # the last good frame, not a bad one
     assert node.alive()

@@ -19,9 +19,10 @@ from .memory import limit_malloc_arenas
 T = TypeVar("T")
 R = TypeVar("R")
 
-# torch's thread count is process-wide: two overlapping calls must not interleave
-# their set/restore. Held for a whole ``map_on_cpu_threads`` call.
-_THREADS_LOCK = threading.Lock()
+# torch's thread count has a process-wide part: two overlapping calls must not
+# interleave their set/restore. Held for a whole ``map_on_cpu_threads`` call; re-entrant,
+# so a caller may run one inside its own ``torch_threads`` block.
+_THREADS_LOCK = threading.RLock()
 _POOL_LOCK = threading.Lock()
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_WORKERS = 0
@@ -31,7 +32,10 @@ _POOL_WORKERS = 0
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op thread count is ``n`` inside the block and restored after it.
 
-    Process-wide: torch work on other threads meanwhile also runs with ``n`` threads.
+    With OpenMP the setting is the calling thread's plus a process-wide default that every
+    thread adopts when it first runs torch: threads already running keep theirs, and a
+    thread whose first torch work falls inside the block keeps ``n``. The decoder's pool
+    threads rely on that: they are created, and first run torch, inside such a block.
     """
     with _THREADS_LOCK:
         before = torch.get_num_threads()

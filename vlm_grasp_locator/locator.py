@@ -237,7 +237,10 @@ class Locator:
 
     @classmethod
     def from_models(cls, config: LocatorConfig, models: LoadedModels) -> "Locator":
-        """A Locator on models already loaded (``load_models(**config.model_kwargs())``)."""
+        """A Locator on models already loaded (``load_models(**config.model_kwargs())``).
+
+        ``config.num_threads`` is not applied here (``from_config`` does that)."""
+        config.validate()
         return cls(
             config,
             MaskProposer(models.sam, config.proposal_settings()),

@@ -21,7 +21,8 @@ def fuse_conv_batchnorm(module: torch.nn.Module) -> int:
     fused = 0
     for name, child in module.named_children():
         if isinstance(child, Conv2d_BN):
-            setattr(module, name, child.fuse().to(child.c.weight.device))
+            weight = child.c.weight
+            setattr(module, name, child.fuse().to(device=weight.device, dtype=weight.dtype).train(child.training))
             fused += 1
         else:
             fused += fuse_conv_batchnorm(child)

@@ -11,7 +11,6 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .model_tuning import tune_image_encoder
 from .checkpoints import (
     MOBILE_SAM_FILE,
     MOBILE_SAM_URL,
@@ -20,6 +19,7 @@ from .checkpoints import (
     load_state_dict,
     resolve_checkpoint_path,
 )
+from .model_tuning import tune_image_encoder
 
 LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -26,10 +26,12 @@ import torch
 from .checkpoints import MOBILE_SAM_FILE, CheckpointError, resolve_checkpoint_path, sha256_of
 from .models import RANDOM_WEIGHTS_WARNING, LoadedModels, clip_remote_file, resolve_device
 from .onnx_export import GRAPHS, MANIFEST, MANIFEST_FORMAT, resolve_onnx_dir
-from .sam_decoder import DecodedTokens, select_masks
+from .sam_decoder import DecodedTokens
 from .text_encoder import cut_at_eot
 
 LOG = logging.getLogger(__name__)
+
+UPSCALE_CHUNK = 4  # prompts whose upscaled embeddings (32x256x256 each) exist at once
 
 
 class OnnxExportError(CheckpointError):
@@ -103,6 +105,26 @@ class OrtImageEncoder(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.graph(pixels)[0]
+
+
+def select_masks(
+    prompt_idx: torch.Tensor, mask_idx: torch.Tensor, logits_for: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Logits (K, H, W) of the (prompt, mask) pairs asked for, ``UPSCALE_CHUNK`` prompts at a time.
+
+    ``logits_for(prompts)`` gives all masks' logits (k, n_masks, H, W) of those prompts
+    (the ONNX Runtime backend's masks graph, which has no per-mask input).
+    ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
+    """
+    prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
+    out = []
+    for start in range(0, len(prompts), UPSCALE_CHUNK):
+        chunk = prompts[start : start + UPSCALE_CHUNK]
+        logits = logits_for(chunk)
+        # Indexing the upscaled embeddings per mask instead would copy 8 MB each.
+        in_chunk = (inverse >= start) & (inverse < start + len(chunk))
+        out.append(logits[inverse[in_chunk] - start, mask_idx[in_chunk]])
+    return torch.cat(out)
 
 
 class OrtMaskDecoder(torch.nn.Module):

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-UPSCALE_CHUNK = 4  # prompts whose upscaled embeddings (32x256x256 each) exist at once
 
 
 @dataclass
@@ -116,6 +115,9 @@ def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor, residual: torch.Ten
     vh = _heads(attn.v_proj(v), h)  # (B, h, T, d)
     wo = attn.out_proj.weight.view(-1, h, d)  # (C, h, d)
     folded_v = torch.einsum("bhtd,chd->bhtc", vh, wo).reshape(b, ht, -1) + attn.out_proj.bias / h
+    if torch.is_autocast_enabled(residual.device.type):
+        # Under fp16 autocast baddbmm would round the fp32 residual stream to fp16.
+        return residual + torch.bmm(probs.transpose(1, 2), folded_v)
     return torch.baddbmm(residual, probs.transpose(1, 2), folded_v)
 
 
@@ -129,6 +131,8 @@ def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper:
     asking for one mask's logits costs no upscaling for the others.
     """
     conv1, norm, act1, conv2, act2 = decoder.output_upscaling
+    for conv in (conv1, conv2):  # what makes each a per-pixel product
+        assert conv.kernel_size == conv.stride == (2, 2) and conv.padding == conv.output_padding == (0, 0) and conv.groups == 1
     h, w = grid_hw
     k, n, c = image_tokens.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
@@ -230,26 +234,6 @@ def all_mask_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, mask_t
     return upscaled_logits(decoder, image_tokens, hypernetwork_outputs(decoder, mask_tokens), grid_hw)
 
 
-def select_masks(
-    prompt_idx: torch.Tensor, mask_idx: torch.Tensor, logits_for: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Logits (K, H, W) of the (prompt, mask) pairs asked for, ``UPSCALE_CHUNK`` prompts at a time.
-
-    ``logits_for(prompts)`` gives all masks' logits (k, n_masks, H, W) of those prompts
-    (the ONNX Runtime backend's masks graph, which has no per-mask input).
-    ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in order.
-    """
-    prompts, inverse = torch.unique(prompt_idx, return_inverse=True)
-    out = []
-    for start in range(0, len(prompts), UPSCALE_CHUNK):
-        chunk = prompts[start : start + UPSCALE_CHUNK]
-        logits = logits_for(chunk)
-        # Indexing the upscaled embeddings per mask instead would copy 8 MB each.
-        in_chunk = (inverse >= start) & (inverse < start + len(chunk))
-        out.append(logits[inverse[in_chunk] - start, mask_idx[in_chunk]])
-    return torch.cat(out)
-
-
 class FastMaskDecoder:
     """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied)."""
 
@@ -276,8 +260,8 @@ class FastMaskDecoder:
         """Low-resolution mask logits (K, 256, 256) for the (prompt, mask) pairs asked for.
 
         ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in
-        order. One prompt at a time: its upscaled features (32x256x256 floats) then stay
-        in the CPU cache, and only the masks asked for are multiplied out.
+        order, and not empty. One prompt at a time, so the upscaled features of only one
+        (8 MB) exist at once, and only the masks asked for are multiplied out.
         """
         hyper = hypernetwork_outputs(self.decoder, tokens.mask_tokens)
         out = []
