@@ -58,28 +58,35 @@ def test_same_masks_scores_and_best_box_as_reference(many_masks, scene):
         np.testing.assert_allclose(best.box_xyxy, proposals.boxes_xyxy[ranked[0]], atol=1.0)
 
 
+def _prompted(locator, scene, n: int, seed: int):
+    """The scene's image embedding, and sparse/dense embeddings of ``n`` random points."""
+    sam = locator.proposer.sam
+    predictor = locator.proposer.predictor
+    predictor.set_image(scene)
+    features = predictor.features
+    predictor.reset_image()
+    points = torch.rand(n, 1, 2, generator=torch.Generator().manual_seed(seed)) * 1024
+    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(n, 1, dtype=torch.int)), boxes=None, masks=None)
+    return sam, features, sparse, dense
+
+
 @torch.inference_mode()
 def test_fast_decoder_matches_mobile_sam_decoder(locator, scene):
     from vlm_grasp_locator.sam_decoder import FastMaskDecoder
 
-    sam = locator.proposer.sam
-    predictor = locator.proposer.predictor
-    predictor.set_image(scene)
-    points = torch.rand(6, 1, 2, generator=torch.Generator().manual_seed(0)) * 1024
-    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+    sam, features, sparse, dense = _prompted(locator, scene, 6, seed=0)
     want_masks, want_iou = sam.mask_decoder(
-        image_embeddings=predictor.features,
+        image_embeddings=features,
         image_pe=sam.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=True,
     )
     decoder = FastMaskDecoder(sam.mask_decoder)
-    decoder.set_image(predictor.features, sam.prompt_encoder.get_dense_pe(), dense[:1])
+    decoder.set_image(features, sam.prompt_encoder.get_dense_pe(), dense[:1])
     tokens = decoder.run_transformer(sparse)
     prompt_idx, mask_idx = torch.meshgrid(torch.arange(6), torch.arange(1, 4), indexing="ij")
     masks = decoder.masks_for(tokens, prompt_idx.flatten(), mask_idx.flatten()).view(6, 3, 256, 256)
-    predictor.reset_image()
     torch.testing.assert_close(tokens.iou_pred[:, 1:], want_iou, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(masks, want_masks, atol=1e-4, rtol=1e-4)
 
@@ -89,15 +96,10 @@ def test_fast_decoder_gives_any_subset_of_masks(locator, scene):
     """Only the (prompt, mask) pairs asked for are upscaled; they equal those of all masks."""
     from vlm_grasp_locator.sam_decoder import FastMaskDecoder, all_mask_logits
 
-    sam = locator.proposer.sam
-    predictor = locator.proposer.predictor
-    predictor.set_image(scene)
-    points = torch.rand(5, 1, 2, generator=torch.Generator().manual_seed(1)) * 1024
-    sparse, dense = sam.prompt_encoder(points=(points, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+    sam, features, sparse, dense = _prompted(locator, scene, 5, seed=1)
     decoder = FastMaskDecoder(sam.mask_decoder)
-    decoder.set_image(predictor.features, sam.prompt_encoder.get_dense_pe(), dense[:1])
+    decoder.set_image(features, sam.prompt_encoder.get_dense_pe(), dense[:1])
     tokens = decoder.run_transformer(sparse)
-    predictor.reset_image()
     everything = all_mask_logits(sam.mask_decoder, tokens.image_tokens, tokens.mask_tokens, decoder.grid_hw)
     prompt_idx = torch.tensor([0, 0, 2, 3, 3, 3])
     mask_idx = torch.tensor([1, 3, 2, 0, 1, 3])
