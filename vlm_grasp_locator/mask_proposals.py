@@ -7,7 +7,9 @@ is paid for a mask that a later filter throws away:
 * the predicted IoU comes from the decoder's IoU token alone, so masks are filtered
   on it *before* their upscaling convolutions and full-resolution resampling run;
 * prompts go through the decoder a few at a time, so memory stays small and the
-  per-prompt tensors stay in the CPU cache;
+  per-prompt tensors stay in the CPU cache; on the CPU the batches run side by side, one
+  thread per core (``cpu_threads``);
+* box NMS runs on per-batch boxes, so only the masks it keeps are gathered;
 * masks stay boolean arrays instead of round-tripping through RLE.
 
 With ``crop_n_layers > 0`` the generator from mobile_sam itself is used.
