@@ -7,17 +7,19 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .checkpoints import (
+    MOBILE_SAM,
     MOBILE_SAM_FILE,
-    MOBILE_SAM_URL,
+    Pin,
     RemoteFile,
-    load_into,
-    load_state_dict,
+    checkpoint_pin,
+    load_checkpoint_into,
     resolve_checkpoint_path,
+    verify_checkpoint,
 )
 from .model_tuning import tune_image_encoder
 
@@ -44,11 +46,12 @@ def clip_model_config(name: str) -> Dict[str, Any]:
 
 
 def clip_remote_file(name: str) -> RemoteFile:
+    """The published checkpoint of a TinyCLIP configuration, with its pinned size/SHA-256 where known."""
     return RemoteFile(**clip_model_config(name)["checkpoint"])
 
 
 def mobile_sam_remote_file() -> RemoteFile:
-    return RemoteFile(file=MOBILE_SAM_FILE, url=MOBILE_SAM_URL)
+    return MOBILE_SAM
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,6 +90,15 @@ def build_tinyclip(name: str) -> torch.nn.Module:
     )
 
 
+@dataclass(frozen=True)
+class _CheckpointSource:
+    what: str
+    build: Callable[[], torch.nn.Module]
+    path: Path
+    pin: Optional[Pin]
+    default_file: bool  # the published file in the cache (no path configured)
+
+
 @dataclass
 class LoadedModels:
     sam: torch.nn.Module
@@ -107,6 +119,8 @@ def load_models(
     backend: str = "torch",
     onnx_dir: str = "",
     tune: bool = True,
+    mobile_sam_checkpoint_sha256: str = "",
+    clip_checkpoint_sha256: str = "",
 ) -> LoadedModels:
     """Build both models on ``device`` with their checkpoints' weights.
 
@@ -118,6 +132,13 @@ def load_models(
     when that export is missing, partial, stale or of another configuration).
     ``tune`` rewrites the torch MobileSAM encoder for inference (``model_tuning``: same
     maths, faster); ``False`` keeps mobile_sam's modules exactly as built.
+
+    Before loading, the default file in the cache is held to its published size and
+    SHA-256 (where published; otherwise its digest is logged so it can be pinned) and
+    any checkpoint to the ``*_sha256`` configured for it; a file at a configured path
+    with no digest configured is not checked. A file that differs raises
+    ``CheckpointError`` naming it and both digests. (The ONNX Runtime backend checks
+    its export against the checkpoints the export recorded instead.)
     """
     if backend == "onnxruntime":
         from .onnx_backend import load_onnx_models
@@ -134,21 +155,34 @@ def load_models(
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
     torch_device = resolve_device(device)
-    clip_file = clip_remote_file(clip_model).file  # validates the name before any heavy work
+    # Validates the model name and the configured digests before any heavy work.
+    sam_remote, clip_remote = mobile_sam_remote_file(), clip_remote_file(clip_model)
     sources = (
-        (build_mobile_sam, resolve_checkpoint_path(mobile_sam_checkpoint, MOBILE_SAM_FILE), "MobileSAM"),
-        (lambda: build_tinyclip(clip_model), resolve_checkpoint_path(clip_checkpoint, clip_file), f"TinyCLIP {clip_model}"),
+        _CheckpointSource(
+            "MobileSAM", build_mobile_sam,
+            resolve_checkpoint_path(mobile_sam_checkpoint, sam_remote.file),
+            checkpoint_pin(mobile_sam_checkpoint, mobile_sam_checkpoint_sha256, sam_remote),
+            not mobile_sam_checkpoint,
+        ),
+        _CheckpointSource(
+            f"TinyCLIP {clip_model}", lambda: build_tinyclip(clip_model),
+            resolve_checkpoint_path(clip_checkpoint, clip_remote.file),
+            checkpoint_pin(clip_checkpoint, clip_checkpoint_sha256, clip_remote),
+            not clip_checkpoint,
+        ),
     )
-    missing = [str(path) for _, path, _ in sources if not path.is_file()]
+    missing = [str(source.path) for source in sources if not source.path.is_file()]
     random_weights = bool(missing) and allow_random_weights
     if random_weights:
         LOG.warning("%s (missing: %s)", RANDOM_WEIGHTS_WARNING, ", ".join(missing))
         torch.manual_seed(seed)
     models = []
-    for build, path, what in sources:
-        model = build()
+    for source in sources:
+        model = source.build()
         if not random_weights:
-            load_into(model, load_state_dict(path, what), path, what)
+            if source.path.is_file():  # a missing file is reported by the loader
+                verify_checkpoint(source.path, source.pin, source.what, report_unpinned=source.default_file)
+            load_checkpoint_into(model, source.path, source.what)
         models.append(model.eval().to(torch_device))
     sam, clip = models
     if tune:
