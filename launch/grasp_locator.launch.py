@@ -1,38 +1,67 @@
-"""Start the grasp_locator node (and optionally RViz2 showing its overlay and mask).
+"""Start the grasp_locator node (and optionally RViz 2 showing its overlay and mask).
 
-    ros2 launch vlm_grasp_locator grasp_locator.launch.py \
-        image_topic:=/camera/color/image_raw device:=cuda use_rviz:=true
-    # use_depth:=true adds a 3D grasp pose (target_pose, object_cloud, markers) from the
-    # `depth` and `camera_info` topics (a depth image registered to the colour image, and
-    # the depth image's camera info), relative to the namespace.
-    ros2 topic pub --once /command std_msgs/msg/String "{data: 'take the cup'}"
-    ros2 action send_goal /locate vlm_grasp_locator/action/Locate "{command: 'take the cup'}" --feedback
-    # managed:=true starts the lifecycle node (grasp_locator_lifecycle_node); with the
-    # default autostart it configures and activates itself, `ros2 lifecycle set` drives it.
+    ros2 launch vlm_grasp_locator grasp_locator.launch.py namespace:=wrist \
+        image_topic:=/camera/color/image_raw device:=cuda
+    ros2 topic pub --once /wrist/command std_msgs/msg/String "{data: 'take the cup'}"
+    ros2 action send_goal /wrist/locate vlm_grasp_locator/action/Locate "{command: 'take the cup'}"
+
+``device``, ``use_depth`` and ``autostart`` override the params file only when given.
+``managed:=true`` starts the lifecycle node; ``autostart:=false`` leaves it unconfigured
+for ``ros2 lifecycle set``. ``use_rviz:=true`` needs rviz2: without it the launch stops
+before starting anything.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node, PushRosNamespace
-from launch_ros.parameter_descriptions import ParameterValue
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from vlm_grasp_locator.launch_support import (
+    declare_parameter_arguments,
+    is_managed,
+    parameter_overrides,
+    parse_bool,
+    require_package,
+)
+
+
+def launch_nodes(context: LaunchContext) -> list:
+    """The locator node (plain or managed) and, with use_rviz, RViz 2; checked first."""
+    share = get_package_share_directory("vlm_grasp_locator")
+    managed = is_managed(context)
+    overrides = parameter_overrides(context, managed=managed)
+    use_rviz = parse_bool("use_rviz", LaunchConfiguration("use_rviz").perform(context))
+    if use_rviz:
+        require_package("rviz2", "use_rviz:=true")
+    namespace = LaunchConfiguration("namespace").perform(context).strip("/")
+    nodes = [Node(
+        package="vlm_grasp_locator",
+        executable="grasp_locator_lifecycle_node" if managed else "grasp_locator_node",
+        name="grasp_locator",
+        namespace=namespace,
+        output="screen",
+        emulate_tty=True,
+        parameters=[LaunchConfiguration("params_file"), overrides],
+        remappings=[("image", LaunchConfiguration("image_topic")),
+                    ("command", LaunchConfiguration("command_topic"))],
+    )]
+    if use_rviz:
+        nodes.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            namespace=namespace,
+            arguments=["-d", os.path.join(share, "config", "grasp_locator.rviz")],
+            output="screen",
+        ))
+    return nodes
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("vlm_grasp_locator")
-    namespace = LaunchConfiguration("namespace")
-    image_topic = LaunchConfiguration("image_topic")
-    command_topic = LaunchConfiguration("command_topic")
-    params_file = LaunchConfiguration("params_file")
-    device = LaunchConfiguration("device")
-    use_rviz = LaunchConfiguration("use_rviz")
-    use_depth = LaunchConfiguration("use_depth")
-    managed = LaunchConfiguration("managed")
-
-    arguments = [
+    return LaunchDescription([
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace of the node and its topics"),
         DeclareLaunchArgument("image_topic", default_value="image",
@@ -42,43 +71,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file",
                               default_value=os.path.join(share, "config", "params.yaml"),
                               description="Parameter file for the node"),
-        DeclareLaunchArgument("device", default_value="auto",
-                              description="Compute device: auto, cpu, cuda or cuda:N "
-                                          "(overrides params_file)"),
-        DeclareLaunchArgument("use_depth", default_value="false",
-                              description="Compute a 3D grasp pose from `depth` + `camera_info` "
-                                          "(overrides params_file)"),
-        DeclareLaunchArgument("use_rviz", default_value="false",
-                              description="Start RViz2 showing the overlay and the mask"),
         DeclareLaunchArgument("managed", default_value="false",
-                              description="Run the managed (lifecycle) node; its `autostart` "
-                                          "parameter (default true) walks it to active"),
-    ]
-
-    def locator_node(executable: str, condition: object) -> Node:
-        return Node(
-            package="vlm_grasp_locator",
-            executable=executable,
-            name="grasp_locator",
-            output="screen",
-            emulate_tty=True,
-            parameters=[params_file, {"device": device,
-                                      "use_depth": ParameterValue(use_depth, value_type=bool)}],
-            remappings=[("image", image_topic), ("command", command_topic)],
-            condition=condition,
-        )
-
-    group = GroupAction([
-        PushRosNamespace(namespace),
-        locator_node("grasp_locator_node", UnlessCondition(managed)),
-        locator_node("grasp_locator_lifecycle_node", IfCondition(managed)),
-        Node(
-            package="rviz2",
-            executable="rviz2",
-            name="rviz2",
-            arguments=["-d", PathJoinSubstitution([share, "config", "grasp_locator.rviz"])],
-            condition=IfCondition(use_rviz),
-            output="screen",
-        ),
+                              description="Run the managed (lifecycle) node"),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="Start RViz 2 showing the overlay and the mask "
+                                          "(needs rviz2)"),
+        *declare_parameter_arguments(),
+        OpaqueFunction(function=launch_nodes),
     ])
-    return LaunchDescription(arguments + [group])

@@ -17,7 +17,12 @@ from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+from vlm_grasp_locator.launch_support import (
+    declare_parameter_arguments,
+    is_managed,
+    parameter_overrides,
+)
 
 
 def camera_nodes(context: LaunchContext) -> list:
@@ -28,12 +33,9 @@ def camera_nodes(context: LaunchContext) -> list:
         raise RuntimeError("cameras:= names no camera namespace (e.g. cameras:=left,right)")
     if len(set(cameras)) != len(cameras):
         raise RuntimeError(f"cameras:= names a namespace twice: {cameras}")
-    managed = LaunchConfiguration("managed").perform(context).lower() in ("true", "1")
+    managed = is_managed(context)
     executable = "grasp_locator_lifecycle_node" if managed else "grasp_locator_node"
-    overrides = {
-        "device": LaunchConfiguration("device"),
-        "use_depth": ParameterValue(LaunchConfiguration("use_depth"), value_type=bool),
-    }
+    overrides = parameter_overrides(context, managed=managed)
     return [
         Node(
             package="vlm_grasp_locator",
@@ -60,14 +62,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file",
                               default_value=os.path.join(share, "config", "params.yaml"),
                               description="Parameter file shared by every node"),
-        DeclareLaunchArgument("device", default_value="auto",
-                              description="Compute device: auto, cpu, cuda or cuda:N "
-                                          "(overrides params_file)"),
-        DeclareLaunchArgument("use_depth", default_value="false",
-                              description="3D grasp pose from each namespace's `depth` + "
-                                          "`camera_info` (overrides params_file)"),
         DeclareLaunchArgument("managed", default_value="false",
-                              description="Run managed (lifecycle) nodes; autostart walks "
-                                          "them to active"),
+                              description="Run managed (lifecycle) nodes"),
+        *declare_parameter_arguments(),
         OpaqueFunction(function=camera_nodes),
     ])

@@ -66,6 +66,31 @@ else
   say "Python packages up to date ($STAMP)"
 fi
 
+# The ROS 2 command-line and launch tools (ros2 launch/topic/action/param/lifecycle,
+# launch_ros, launch_testing) are not on PyPI. A sourced ROS installation brings them;
+# otherwise they are installed from upstream sources kept beside this repository
+# (../shared/ros2-tools, or $VGL_ROS2_TOOLS), and launch_ros's composition_interfaces
+# is built below with the other interface packages.
+TOOLS=${VGL_ROS2_TOOLS:-$ROOT/../shared/ros2-tools}
+TOOLS_STAMP=$VENV/.ros2-tools-stamp
+tool_paths=()
+if "$PY" -c "import ros2launch, launch_ros" 2>/dev/null && [ ! -f "$TOOLS_STAMP" ]; then
+  say "ros2 launch tools come from the ROS installation"
+elif [ -f "$TOOLS/install.sh" ]; then
+  tools_want=$(cat "$TOOLS/SOURCES" "$TOOLS/install.sh" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$TOOLS_STAMP" 2>/dev/null)" != "$tools_want" ]; then
+    say "installing the ROS 2 command-line and launch tools from $TOOLS"
+    bash "$TOOLS/install.sh" "$PY"
+    echo "$tools_want" >"$TOOLS_STAMP"
+  else
+    say "ROS 2 command-line and launch tools up to date ($TOOLS_STAMP)"
+  fi
+  tool_paths=("$TOOLS/src/rcl_interfaces/composition_interfaces")
+else
+  say "no ROS 2 launch tools here (no ROS installation, no $TOOLS): the launch and"
+  say "command-line tests will be skipped"
+fi
+
 # The wheels' exported CMake targets name the Python of the machine that built
 # them; point them at this venv's headers instead.
 "$PY" - <<'EOF'
@@ -119,11 +144,11 @@ export AMENT_PREFIX_PATH=$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}
 export CMAKE_PREFIX_PATH=$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
 export COLCON_PREFIX_PATH PYTHONPATH
 
-paths=(.)
+paths=("${tool_paths[@]}" .)
 if [ -n "$distro_vision_msgs" ]; then
   say "using vision_msgs from $distro_vision_msgs"
 else
-  paths=(compat/vision_msgs .)
+  paths=("${tool_paths[@]}" compat/vision_msgs .)
 fi
 say "colcon build: ${paths[*]} -> $ROOT/install"
 colcon build --symlink-install --paths "${paths[@]}" \

@@ -1,7 +1,7 @@
 """The launch file, params.yaml and the node's parameter table agree.
 
-Where ``launch_testing`` is installed the launch file is also run for real; elsewhere
-that test is skipped and the checks here are static (compile, AST, YAML).
+These checks are static (compile, AST, YAML); test_launch.py runs the launch files for
+real with ``ros2 launch``.
 """
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ LAUNCH_FILE = ROOT / "launch" / "grasp_locator.launch.py"
 MULTI_CAMERA_FILE = ROOT / "launch" / "multi_camera.launch.py"
 PARAMS_FILE = ROOT / "config" / "params.yaml"
 RVIZ_FILE = ROOT / "config" / "grasp_locator.rviz"
+# Declared in the launch files themselves; both also declare launch_support's
+# PARAMETER_ARGUMENTS (device, use_depth, autostart), which override parameters when given.
 LAUNCH_ARGUMENTS = {
-    "namespace", "image_topic", "command_topic", "params_file", "device", "use_rviz", "use_depth",
-    "managed"}
-MULTI_CAMERA_ARGUMENTS = {"cameras", "image_topic", "params_file", "device", "use_depth",
-                          "managed"}
+    "namespace", "image_topic", "command_topic", "params_file", "use_rviz", "managed"}
+MULTI_CAMERA_ARGUMENTS = {"cameras", "image_topic", "params_file", "managed"}
+PARAMETER_ARGUMENTS = {"device", "use_depth", "autostart"}
 EXECUTABLES = {"grasp_locator_node": "vlm_grasp_locator.node",
                "grasp_locator_lifecycle_node": "vlm_grasp_locator.lifecycle_node",
                "vlm-grasp-locator": "vlm_grasp_locator.cli"}
@@ -58,6 +59,7 @@ def test_launch_file_compiles_and_declares_the_documented_arguments() -> None:
     assert sorted(names) == sorted(LAUNCH_ARGUMENTS)
     functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in functions
+    assert "declare_parameter_arguments" in source
     assert "grasp_locator_node" in source and "grasp_locator.rviz" in source
     assert "grasp_locator_lifecycle_node" in source  # managed:=true
 
@@ -79,6 +81,7 @@ def test_multi_camera_launch_declares_its_arguments_and_one_node_per_camera() ->
     assert sorted(_declared_arguments(tree)) == sorted(MULTI_CAMERA_ARGUMENTS)
     defaults = _argument_defaults(tree)
     assert defaults["cameras"] == "left,right" and defaults["managed"] == "false"
+    assert "declare_parameter_arguments" in source
     assert defaults["image_topic"] == "image"  # relative: stays in each namespace
     functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"generate_launch_description", "camera_nodes"} <= functions
@@ -154,10 +157,15 @@ def test_rviz_config_shows_overlay_and_mask() -> None:
     assert topics["Overlay"] == "overlay" and topics["Mask"] == "mask"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("launch_testing") is None
-                    or importlib.util.find_spec("launch_ros") is None,
-                    reason="launch_testing/launch_ros are not installed (ROS 2 from PyPI wheels)")
-def test_launch_description_builds() -> None:  # pragma: no cover - needs a ROS install
+def test_parameter_arguments_are_parameters() -> None:
+    from vlm_grasp_locator.launch_support import PARAMETER_ARGUMENTS as ARGS
+
+    assert {a.name for a in ARGS} == PARAMETER_ARGUMENTS <= set(PARAM_NAMES)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None,
+                    reason="launch_ros is not installed (no ROS installation, no ros2-tools)")
+def test_launch_description_builds() -> None:
     from launch.actions import DeclareLaunchArgument
 
     spec = importlib.util.spec_from_file_location("grasp_locator_launch", LAUNCH_FILE)
@@ -166,7 +174,7 @@ def test_launch_description_builds() -> None:  # pragma: no cover - needs a ROS 
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
-    assert declared == LAUNCH_ARGUMENTS
+    assert declared == LAUNCH_ARGUMENTS | PARAMETER_ARGUMENTS
 
     spec = importlib.util.spec_from_file_location("multi_camera_launch", MULTI_CAMERA_FILE)
     assert spec is not None and spec.loader is not None
@@ -174,4 +182,4 @@ def test_launch_description_builds() -> None:  # pragma: no cover - needs a ROS 
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
-    assert declared == MULTI_CAMERA_ARGUMENTS
+    assert declared == MULTI_CAMERA_ARGUMENTS | PARAMETER_ARGUMENTS

@@ -72,6 +72,8 @@ def test_goal_reports_stages_in_order_and_answers_with_the_image_header(
     _assert_header(target, header)
     assert (target.command, target.target) == ("take the cup", "cup")
     assert target.found, target.reason  # random weights, threshold 0: some mask passes
+    assert len(target.mask.data) == 0  # the mask only when the goal asks for it
+    _assert_header(target.mask, header)
     # the same answer also went out on the topics (RViz sees action answers too)
     client = node.client
     assert client is not None
@@ -93,6 +95,17 @@ def test_goal_after_a_topic_command_on_the_same_frame_is_answered_from_cache(
     assert run.stages() == ["waiting_for_image", "scoring", "done"]  # no "proposing"
     _assert_header(target, header)
     assert target.target == "spoon"
+
+
+def test_goal_with_include_mask_gets_the_image_sized_mask(node: RunningNode) -> None:
+    header = node.publish(_frame())
+    run = node.caller.send("take the cup", include_mask=True)  # type: ignore[attr-defined]
+    status, target = run.wait(INFER_TIMEOUT_S)
+    assert status == _status().STATUS_SUCCEEDED and target.found, target.reason
+    _assert_header(target, header)
+    assert (target.mask.width, target.mask.height, target.mask.encoding) == (W, H, "mono8")
+    mask = np.frombuffer(bytes(target.mask.data), np.uint8)
+    assert mask.size == W * H and set(np.unique(mask)) <= {0, 255} and mask.any()
 
 
 @pytest.mark.parametrize("command", ["", "   ", "\x01\x02\x7f", "take it"])

@@ -10,6 +10,7 @@ goals never hold up image reception.
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Optional
 
@@ -76,6 +77,18 @@ class LocateActionServer:
         return self._Locate.Result()
 
     # ------------------------------------------------------------------ goal life
+    @staticmethod
+    def _result_target(goal_handle: Any, job: Job) -> Any:
+        """The answer, its mask left out unless the goal asked for it."""
+        target = job.target_msg
+        if target is None or goal_handle.request.include_mask:
+            return target
+        from sensor_msgs.msg import Image
+
+        target = copy.copy(target)
+        target.mask = Image(header=target.mask.header)
+        return target
+
     def _feedback(self, goal_handle: Any, stage: str, progress: float) -> None:
         if goal_handle.is_active:
             goal_handle.publish_feedback(self._Locate.Feedback(stage=stage,
@@ -86,7 +99,7 @@ class LocateActionServer:
         while not job.done.wait(POLL_S):
             if goal_handle.is_cancel_requested and self._withdraw(job):
                 self._node.finish_canceled(job, "canceled")
-        result = self._Locate.Result(target=job.target_msg)
+        result = self._Locate.Result(target=self._result_target(goal_handle, job))
         if job.outcome == CANCELED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif job.outcome in (CANCELED, ABORTED):
