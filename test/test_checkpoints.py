@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import logging
 import os
 
 import pytest
@@ -15,22 +18,32 @@ from published_checkpoints import (
     write_clip_variant,
     write_mobile_sam,
 )
+from vlm_grasp_locator import checkpoints as checkpoints_module
+from vlm_grasp_locator import models as models_module
 from vlm_grasp_locator.checkpoints import (
+    MOBILE_SAM,
     CheckpointError,
     CheckpointLayout,
+    RemoteFile,
     cache_dir,
+    download,
     load_checkpoint_into,
     load_into,
     load_state_dict,
     read_checkpoint,
+    sha256_of,
 )
 from vlm_grasp_locator.models import (
     build_mobile_sam,
     build_tinyclip,
     clip_model_config,
+    clip_remote_file,
     load_models,
+    mobile_sam_remote_file,
     resolve_device,
 )
+
+published_clip_file = clip_remote_file  # the real table, kept before a test patches it
 
 SMALL_CLIP = "TinyCLIP-ViT-8M-16-Text-3M"
 EXPECTED_LAYOUT = {
@@ -211,3 +224,155 @@ def test_locator_uses_fp16_autocast_only_on_cuda(locator):
     fake = Locator(locator.config, locator.proposer, locator.scorer, True, torch.device("cuda"))
     ctx = fake._autocast()
     assert ctx.device == "cuda" and ctx.fast_dtype == torch.float16
+
+
+# --------------------------------------------------------------- the checkpoint's temperature
+
+
+def test_calibrated_score_uses_the_checkpoint_logit_scale(checkpoints, tmp_path):
+    """The calibrated score is softmax(exp(logit_scale) * cosine) over target and negatives,
+    at the temperature stored in the checkpoint (ln 50 in TinyCLIP's LAION runs)."""
+    import copy
+
+    from vlm_grasp_locator.crop_scoring import NEGATIVE_PHRASES, CropScorer, CropSettings
+
+    laion = build_tinyclip(SMALL_CLIP).eval()
+    load_checkpoint_into(laion, checkpoints["clip_zoo"], "TinyCLIP")
+    hundred = copy.deepcopy(checkpoints["clip_model"])
+    set_logit_scale(hundred, 100.0)
+    other = build_tinyclip(SMALL_CLIP).eval()
+    load_checkpoint_into(other, write_clip_variant(hundred, SMALL_CLIP, "open_clip_plain", tmp_path / "scale100.pt"), "TinyCLIP")
+
+    scorer_50, scorer_100 = CropScorer(laion, CropSettings()), CropScorer(other, CropSettings())
+    assert scorer_50.logit_scale == pytest.approx(LAION_LOGIT_SCALE)
+    assert scorer_100.logit_scale == pytest.approx(100.0)
+    crops = torch.nn.functional.normalize(torch.randn(6, 512, generator=torch.Generator().manual_seed(3)), dim=-1)
+    similarity_50, score_50 = scorer_50.score(crops, "red block")
+    similarity_100, score_100 = scorer_100.score(crops, "red block")
+    torch.testing.assert_close(torch.from_numpy(similarity_50), torch.from_numpy(similarity_100))  # same towers
+    cosines = crops @ scorer_50.text.embed(["red block", *NEGATIVE_PHRASES]).T
+    for scale, score in ((LAION_LOGIT_SCALE, score_50), (100.0, score_100)):
+        expected = torch.softmax(scale * cosines, dim=-1)[:, 0]
+        torch.testing.assert_close(torch.from_numpy(score), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(torch.from_numpy(score_50), torch.from_numpy(score_100), atol=1e-3)
+
+
+# --------------------------------------------------------------------------- digests
+
+
+@functools.lru_cache(maxsize=None)
+def fixture_digest(path) -> str:
+    return sha256_of(path)
+
+
+def own_pin(remote: RemoteFile, path) -> RemoteFile:
+    """``remote`` pinned to the fixture at ``path`` (stands in for the real published file)."""
+    return dataclasses.replace(remote, sha256=fixture_digest(path), size=path.stat().st_size)
+
+
+@pytest.fixture
+def cache(checkpoints, tmp_path, monkeypatch):
+    """The fixtures in the model cache under the published names (substituted files)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = cache_dir()
+    folder.mkdir(parents=True)
+    (folder / mobile_sam_remote_file().file).symlink_to(checkpoints["sam"])
+    (folder / clip_remote_file(SMALL_CLIP).file).symlink_to(checkpoints["clip_zoo"])
+    return folder
+
+
+def test_substituted_cache_file_is_refused_naming_file_and_both_digests(checkpoints, cache, monkeypatch):
+    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
+    published = clip_remote_file(SMALL_CLIP).sha256
+    assert published == "3d9f86a556cd13acc1aa6cc18495a79ffd1f58b6f17a552400bdefd244c3a92c"
+    with pytest.raises(CheckpointError, match="not the published file") as info:
+        load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
+    message = str(info.value)
+    assert str(cache / "TinyCLIP-ViT-8M-16-Text-3M-YFCC15M.pt") in message
+    assert f"expected SHA-256 {published}" in message
+    assert f"SHA-256 {sha256_of(checkpoints['clip_zoo'])}" in message
+    assert "download-models --force" in message
+
+
+def test_size_is_checked_before_the_digest(checkpoints, cache, monkeypatch):
+    assert MOBILE_SAM.size == 40_728_226
+    assert MOBILE_SAM.sha256 == "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path} although its size differs")
+
+    monkeypatch.setattr(checkpoints_module, "sha256_of", no_hashing)
+    with pytest.raises(CheckpointError, match="not the published file") as info:
+        load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
+    message = str(info.value)
+    assert str(cache / "mobile_sam.pt") in message
+    assert f"{checkpoints['sam'].stat().st_size} bytes, expected 40728226 bytes" in message
+    assert f"expected SHA-256 {MOBILE_SAM.sha256}" in message
+
+
+def test_published_file_in_the_cache_loads(checkpoints, cache, monkeypatch):
+    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
+    monkeypatch.setattr(models_module, "clip_remote_file",
+                        lambda name: own_pin(published_clip_file(name), checkpoints["clip_zoo"]))
+    models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
+    assert_same_clip(models.clip, checkpoints["clip_model"])
+
+
+def test_unpinned_default_file_logs_its_digest(checkpoints, cache, monkeypatch, caplog):
+    """Like the 61M model, whose digest is not published: loaded, and its digest logged to pin."""
+    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
+    monkeypatch.setattr(models_module, "clip_remote_file",
+                        lambda name: dataclasses.replace(published_clip_file(name), sha256=None))
+    with caplog.at_level(logging.INFO, logger="vlm_grasp_locator.checkpoints"):
+        models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
+    assert not models.random_weights
+    assert sha256_of(checkpoints["clip_zoo"]) in caplog.text and "no digest is published" in caplog.text
+
+
+def test_configured_path_loads_unless_its_own_pin_differs(checkpoints):
+    """A user's checkpoint at a configured path is not held to the published digest; a digest
+    the user pins for it is."""
+    paths = dict(mobile_sam_checkpoint=str(checkpoints["sam"]), clip_checkpoint=str(checkpoints["clip_zoo"]))
+    wrong = "0" * 64
+    with pytest.raises(CheckpointError, match="not the configured file") as info:
+        load_models(device="cpu", clip_model=SMALL_CLIP, tune=False, clip_checkpoint_sha256=wrong, **paths)
+    assert f"expected SHA-256 {wrong}" in str(info.value) and str(checkpoints["clip_zoo"]) in str(info.value)
+    models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False,
+                         clip_checkpoint_sha256=sha256_of(checkpoints["clip_zoo"]).upper(), **paths)
+    assert_same_clip(models.clip, checkpoints["clip_model"])
+    with pytest.raises(ValueError, match="64 hex digits"):
+        load_models(device="cpu", clip_model=SMALL_CLIP, mobile_sam_checkpoint_sha256="abc123")
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A file behind a file:// URL (urllib serves it with its Content-Length)."""
+    path = tmp_path / "served" / "weights.pt"
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(3 << 20))
+    return path
+
+
+def test_download_keeps_only_the_pinned_file(served, tmp_path):
+    remote = RemoteFile(file="weights.pt", url=served.as_uri(), sha256=sha256_of(served), size=served.stat().st_size)
+    destination = tmp_path / "cache" / "weights.pt"
+    got = download(remote, destination, progress=lambda *a: None)
+    assert (got.sha256, got.size) == (remote.sha256, remote.size)
+    assert destination.read_bytes() == served.read_bytes()
+
+    wrong = dataclasses.replace(remote, sha256="f" * 64)
+    destination.unlink()
+    with pytest.raises(CheckpointError, match="not the published file") as info:
+        download(wrong, destination, progress=lambda *a: None)
+    message = str(info.value)
+    assert "weights.pt" in message and f"SHA-256 {remote.sha256}, expected SHA-256 {'f' * 64}" in message
+    assert not destination.exists() and not list(destination.parent.glob("*.part"))
+
+
+def test_download_of_the_wrong_size_stops_before_fetching(served, tmp_path):
+    remote = RemoteFile(file="weights.pt", url=served.as_uri(), sha256="e" * 64, size=served.stat().st_size + 1)
+    fetched = []
+    with pytest.raises(CheckpointError, match="not the published file") as info:
+        download(remote, tmp_path / "weights.pt", progress=lambda done, total, name: fetched.append(done))
+    assert f"{served.stat().st_size} bytes, expected {remote.size} bytes" in str(info.value)
+    assert fetched == [] and not list(tmp_path.glob("weights.pt*"))

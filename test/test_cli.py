@@ -82,3 +82,39 @@ def test_missing_checkpoints_fail_with_remedy(scene_file, tmp_path):
     )
     assert proc.returncode == 1
     assert "mobile_sam.pt" in proc.stderr and "download-models" in proc.stderr
+
+
+def test_download_models_refuses_present_files_that_are_not_the_published_ones(tmp_path, capsys):
+    """Present files are checked (size first, then SHA-256), so no network is needed here."""
+    from vlm_grasp_locator import cli
+    from vlm_grasp_locator.checkpoints import MOBILE_SAM, sha256_of
+    from vlm_grasp_locator.models import clip_remote_file
+
+    small = clip_remote_file("TinyCLIP-ViT-8M-16-Text-3M")
+    (tmp_path / "mobile_sam.pt").write_bytes(b"not mobile sam")
+    (tmp_path / small.file).write_bytes(b"not tinyclip")
+    code = cli.main(["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-8M-16-Text-3M"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert f"{tmp_path / 'mobile_sam.pt'} is not the published file: 14 bytes, expected 40728226 bytes" in err
+    assert f"expected SHA-256 {MOBILE_SAM.sha256}" in err
+    actual = sha256_of(tmp_path / small.file)
+    assert f"{tmp_path / small.file} is not the published file: SHA-256 {actual}, expected SHA-256 {small.sha256}" in err
+    assert "--force" in err
+
+
+def test_download_models_prints_the_digest_to_pin_an_unpublished_file(tmp_path, capsys):
+    from vlm_grasp_locator import cli
+    from vlm_grasp_locator.checkpoints import sha256_of
+    from vlm_grasp_locator.models import clip_remote_file
+
+    large = clip_remote_file("TinyCLIP-ViT-61M-32-Text-29M")
+    assert large.sha256 is None  # not published
+    (tmp_path / large.file).write_bytes(b"a checkpoint downloaded earlier")
+    (tmp_path / "mobile_sam.pt").write_bytes(b"not mobile sam")  # present: nothing is fetched
+    code = cli.main(["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-61M-32-Text-29M"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "mobile_sam.pt is not the published file" in err
+    digest = sha256_of(tmp_path / large.file)
+    assert f"{tmp_path / large.file}: present, SHA-256 {digest}" in out
+    assert f"clip_checkpoint_sha256: {digest}" in out
