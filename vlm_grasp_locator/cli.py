@@ -96,22 +96,36 @@ def _print_summary(result, random_weights: bool) -> None:
 
 
 def cmd_download_models(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError, cache_dir, download
+    from .checkpoints import CheckpointError, Pin, cache_dir, download, sha256_of, verify_file
     from .models import clip_remote_file, mobile_sam_remote_file
 
     target_dir = Path(args.dir) if args.dir else cache_dir()
     failed = False
-    for remote in (mobile_sam_remote_file(), clip_remote_file(args.clip_model)):
+    # (published file, the config key that pins a digest for it)
+    wanted = (
+        (mobile_sam_remote_file(), "mobile_sam_checkpoint_sha256"),
+        (clip_remote_file(args.clip_model), "clip_checkpoint_sha256"),
+    )
+    for remote, pin_key in wanted:
         destination = target_dir / remote.file
-        if destination.is_file() and not args.force:
-            print(f"{destination}: present")
-            continue
+        pin = Pin.published(remote)
         try:
-            download(remote, destination)
-            print(f"{destination}: downloaded")
+            if destination.is_file() and not args.force:
+                state = "present"
+                digest = verify_file(destination, pin, "cached").sha256 if pin else sha256_of(destination)
+            else:
+                state, digest = "downloaded", download(remote, destination).sha256
         except CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             failed = True
+            continue
+        if pin is not None and pin.sha256 is not None:
+            print(f"{destination}: {state}, SHA-256 {digest} (the published digest)")
+        else:
+            print(
+                f"{destination}: {state}, SHA-256 {digest} (no digest is published for "
+                f"{remote.file}; to have it checked at every load, set {pin_key}: {digest})"
+            )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -153,7 +167,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_CLIP_MODEL
+    from .models import DEFAULT_CLIP_MODEL, available_clip_models
 
     parser = argparse.ArgumentParser(prog="vlm-grasp-locator", description=__doc__)
     sub = parser.add_subparsers(dest="command_name", required=True)
@@ -169,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     locate.set_defaults(func=cmd_locate)
 
     download = sub.add_parser("download-models", help="fetch the MobileSAM and TinyCLIP checkpoints")
-    download.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
+    download.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, choices=available_clip_models())
     download.add_argument("--dir", help="target folder (default: the cache folder)")
     download.add_argument("--force", action="store_true", help="download even when present")
     download.set_defaults(func=cmd_download_models)
