@@ -1,7 +1,7 @@
 """One node per camera namespace, from one params file, on one ROS domain.
 
-What launch/multi_camera.launch.py starts (launch_ros is not installable here, so the
-two processes are started directly with the same params file and `__ns` remaps): each
+What launch/multi_camera.launch.py starts, with the two processes started directly with
+the same params file and `__ns` remaps (test_launch.py runs the launch file itself): each
 node answers its own commands on its own images, and its outputs stay in its namespace.
 """
 from __future__ import annotations
