@@ -234,8 +234,13 @@ def export_onnx(
     clip_checkpoint: str = "",
     allow_random_weights: bool = False,
     seed: int = 0,
+    mobile_sam_checkpoint_sha256: str = "",
+    clip_checkpoint_sha256: str = "",
 ) -> Dict[str, Any]:
     """Build the models as ``load_models`` does and export them into ``out``; returns the manifest.
+
+    The checkpoints are held to their pinned digests as ``load_models`` holds them (the
+    published ones for the default files in the cache, the ``*_sha256`` arguments for any).
 
     Everything is written into a temporary sibling folder first and renamed into place only
     when complete, so ``out`` never holds a partial export. Raises ``CheckpointError``
@@ -257,6 +262,8 @@ def export_onnx(
         allow_random_weights=allow_random_weights,
         seed=seed,
         tune=False,  # mobile_sam's own modules; ONNX Runtime folds batch norms itself
+        mobile_sam_checkpoint_sha256=mobile_sam_checkpoint_sha256,
+        clip_checkpoint_sha256=clip_checkpoint_sha256,
     )
     if not can_truncate(models.clip):
         raise ValueError(f"{clip_model}: text tower is not a causal, EOT-pooled open_clip one; cannot export it")
