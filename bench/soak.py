@@ -194,8 +194,8 @@ class SoakClient:
 
     def __init__(self, domain_id: int) -> None:
         import rclpy
+        from rcl_interfaces.srv import SetParameters
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter_client import AsyncParameterClient
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
@@ -227,7 +227,9 @@ class SoakClient:
                                           QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         except ImportError:
             pass
-        self.params = AsyncParameterClient(self.node, "grasp_locator")
+        # A plain SetParameters client: rclpy.parameter_client is Iron+ (not in Humble).
+        self._SetParameters = SetParameters
+        self.params = self.node.create_client(SetParameters, "grasp_locator/set_parameters")
         self._image = Image(height=HEIGHT, width=WIDTH, encoding="rgb8", is_bigendian=0,
                             step=WIDTH * 3)
         self._image.header.frame_id = "camera_color_optical_frame"
@@ -272,7 +274,9 @@ class SoakClient:
         """Start a SetParameters call; returns its future (spun by the main loop)."""
         from rclpy.parameter import Parameter
 
-        return self.params.set_parameters([Parameter("continuous", value=value)])
+        request = self._SetParameters.Request(
+            parameters=[Parameter("continuous", value=value).to_parameter_msg()])
+        return self.params.call_async(request)
 
     def close(self) -> None:
         import rclpy

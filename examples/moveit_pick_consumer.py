@@ -5,6 +5,11 @@ environment. Written against the documented APIs (rclpy, tf2_ros.Buffer.transfor
 tf2_geometry_msgs, moveit_py's MoveItPy / PlanningComponent as in MoveIt 2's Python
 tutorial); ROS imports live inside main() so ``python -m py_compile`` passes anywhere.
 
+Distributions: moveit_py (``moveit.planning``) is not released for Humble (its packages
+start with Iron; Jazzy and later ship ``ros-<distro>-moveit-py``). On Humble, plan with the
+move_group action (moveit_msgs/action/MoveGroup) or a C++ MoveGroupInterface node
+instead; the rclpy parts here (``get_logger().warning``, QoS, parameters) exist in Humble.
+
 Pose convention (see vlm_grasp_locator.grasp_geometry): the pose is in the camera's
 optical frame; its local +z is the approach direction (the camera's viewing ray), +y
 the gripper's closing direction and +x the object's long axis. That matches e.g. the
@@ -66,7 +71,7 @@ def main() -> None:
         arm.set_goal_state(pose_stamped_msg=pose_stamped, pose_link=EE_LINK)
         plan = arm.plan()
         if not plan:
-            node.get_logger().warn("planning failed")
+            node.get_logger().warning("planning failed")
             return False
         robot.execute(plan.trajectory, controllers=[])  # newer MoveIt: execute(group, traj, ...)
         return True
@@ -78,7 +83,7 @@ def main() -> None:
         try:
             grasp = tf_buffer.transform(msg.pose, planning_frame, timeout=Duration(seconds=0.5))
         except TransformException as e:
-            node.get_logger().warn(f"no transform to {planning_frame}: {e}")
+            node.get_logger().warning(f"no transform to {planning_frame}: {e}")
             return
         pre_grasp = backed_off(grasp, PRE_GRASP_BACKOFF_M)
         node.get_logger().info(f"picking '{msg.target}' at {grasp.pose.position}")

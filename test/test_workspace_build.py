@@ -1,7 +1,10 @@
 """A robot user's build: the repository cloned as ws/src/vlm_grasp_locator, one `colcon build`.
 
 The repository's own install/ provides vision_msgs, as a ROS distribution would on a
-robot; this package's own install is kept out of the environment.
+robot; this package's own install is kept out of the environment. A second build uses
+a rosidl_generator_py made like the apt distributions' (``aptlike-generator.sh`` from
+``../shared/ros2-tools/distro-reference``): its Python/NumPy include directories are
+PRIVATE, where the PyPI wheel's are PUBLIC, and CMakeLists.txt must work with both.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "vlm_grasp_locator"
 BUILD_TIMEOUT_S = 900
+APTLIKE_GENERATOR = REPO.parent / "shared" / "ros2-tools" / "distro-reference" / "aptlike-generator.sh"
 PATH_LIST_VARIABLES = (
     "AMENT_PREFIX_PATH",
     "CMAKE_PREFIX_PATH",
@@ -74,10 +78,9 @@ def _copy_repository(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    colcon = shutil.which("colcon")
-    if colcon is None or shutil.which("git") is None:
+def _build_environment() -> dict[str, str]:
+    """The underlay environment, or a skip when colcon or vision_msgs is missing."""
+    if shutil.which("colcon") is None or shutil.which("git") is None:
         pytest.skip("colcon or git not on PATH: run scripts/setup.sh and source scripts/env.sh")
     env = _underlay_environment()
     ament_prefixes = [Path(p) for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
@@ -85,11 +88,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(
             "no vision_msgs on AMENT_PREFIX_PATH: run scripts/setup.sh and source scripts/env.sh"
         )
+    return env
 
-    ws = tmp_path_factory.mktemp("ws")
+
+def _colcon_build(ws: Path, env: dict[str, str]) -> None:
+    """Copy the repository into ws/src and build it (vision_msgs comes from the underlay,
+    the repository's own install/, built once by scripts/setup.sh and shared by both builds)."""
     _copy_repository(ws / "src" / PACKAGE)
     build = subprocess.run(
-        [colcon, "build", "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}"],
+        [shutil.which("colcon") or "colcon", "build", "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}"],
         cwd=ws,
         env=env,
         capture_output=True,
@@ -99,6 +106,37 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert build.returncode == 0, (
         f"colcon build failed:\n{build.stdout[-6000:]}\n{build.stderr[-6000:]}"
     )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = _build_environment()
+    ws = tmp_path_factory.mktemp("ws")
+    _colcon_build(ws, env)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def aptlike_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rosidl_generator_py as the apt distributions ship it (include directories PRIVATE)."""
+    if not APTLIKE_GENERATOR.is_file():
+        pytest.skip(f"{APTLIKE_GENERATOR} absent: the distro reference lives in ../shared next "
+                    "to the repository (present in CI; not in a plain clone)")
+    prefix = tmp_path_factory.mktemp("aptlike") / "prefix"
+    made = subprocess.run(["bash", str(APTLIKE_GENERATOR), sys.prefix, str(prefix)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def aptlike_workspace(tmp_path_factory: pytest.TempPathFactory, aptlike_prefix: Path) -> Path:
+    """The same robot build against the distribution-like generator."""
+    env = _build_environment()
+    env["CMAKE_PREFIX_PATH"] = os.pathsep.join(
+        [str(aptlike_prefix), *filter(None, env.get("CMAKE_PREFIX_PATH", "").split(os.pathsep))])
+    ws = tmp_path_factory.mktemp("ws_aptlike")
+    _colcon_build(ws, env)
     return ws
 
 
@@ -157,3 +195,45 @@ def test_launch_and_config_installed(workspace: Path) -> None:
         assert (share / "launch" / launch_file.name).is_file()
     if (REPO / "config" / "params.yaml").is_file():
         assert (share / "config" / "params.yaml").is_file()
+
+
+def _generator_py_export(ws: Path) -> str:
+    cmake = ws / "install" / PACKAGE / "share" / PACKAGE / "cmake"
+    return (cmake / f"export_{PACKAGE}__rosidl_generator_pyExport.cmake").read_text()
+
+
+def test_aptlike_build_used_the_distribution_like_generator(
+        aptlike_workspace: Path, aptlike_prefix: Path) -> None:
+    cache = (aptlike_workspace / "build" / PACKAGE / "CMakeCache.txt").read_text()
+    line = next(x for x in cache.splitlines() if x.startswith("rosidl_generator_py_DIR:"))
+    assert line.split("=", 1)[1].startswith(str(aptlike_prefix)), line
+
+
+@pytest.mark.parametrize("build", ["workspace", "aptlike_workspace"])
+def test_exported_python_library_names_no_build_paths(
+        build: str, request: pytest.FixtureRequest) -> None:
+    """Neither build exports the build machine's Python/NumPy include directories."""
+    ws: Path = request.getfixturevalue(build)
+    export = _generator_py_export(ws)
+    assert f"{PACKAGE}__rosidl_generator_py" in export
+    for path in (sys.prefix, str(REPO), str(ws / "src")):
+        assert path not in export, f"{path} exported in the Python library's target"
+    assert "numpy" not in export.lower()
+
+
+def test_aptlike_build_messages_import(aptlike_workspace: Path) -> None:
+    install = aptlike_workspace / "install"
+    command = '. "$1/setup.bash" && exec "$2" -c "$3"'
+    probe = subprocess.run(
+        ["bash", "-c", command, "_", install, sys.executable, IMPORT_PROBE],
+        cwd=aptlike_workspace,
+        env=_underlay_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_package = install / PACKAGE / "lib" / python / "site-packages" / PACKAGE
+    assert Path(found["msg"]).parent.parent == site_package
