@@ -146,16 +146,19 @@ class RunningNode:
 
     def try_set_parameters(self, values: Mapping[str, Any],
                            timeout_s: float = 10.0) -> List[Tuple[bool, str]]:
-        """Set node parameters through its parameter service; (successful, reason) each."""
+        """Set node parameters through its parameter service; (successful, reason) each.
+
+        A plain rcl_interfaces/SetParameters client: rclpy.parameter_client is Iron+."""
+        from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
-        from rclpy.parameter_client import AsyncParameterClient
 
         assert self.client is not None
         if self._param_client is None:
-            self._param_client = AsyncParameterClient(self.client.node, self.node_name)
-        assert self._param_client.wait_for_services(timeout_sec=timeout_s)
-        future = self._param_client.set_parameters(
-            [Parameter(k, value=v) for k, v in values.items()])
+            self._param_client = self.client.node.create_client(
+                SetParameters, f"{self.node_name}/set_parameters")
+        assert self._param_client.wait_for_service(timeout_sec=timeout_s)
+        future = self._param_client.call_async(SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]))
         assert self.client.spin_until(future.done, timeout_s), "parameter service did not answer"
         return [(r.successful, r.reason) for r in future.result().results]
 
@@ -166,6 +169,8 @@ class RunningNode:
 
     def stop(self, timeout_s: float = 10.0) -> Tuple[int, float]:
         """SIGINT the node; (exit code, seconds it took)."""
+        if self.client is not None and self._param_client is not None:
+            self.client.node.destroy_client(self._param_client)
         self._param_client = None
         if self.client is not None:
             self.client.close()

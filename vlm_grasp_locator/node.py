@@ -145,8 +145,17 @@ class GraspLocatorBase:
         self._action: Any = None
         self._pairer: Optional[FramePairer] = None
 
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):  # Iron and later
+            self.add_on_set_parameters_callback(self._check_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: no post-set callbacks; apply from the on-set one once checked
+            def check_then_apply(params: List[Parameter]) -> SetParametersResult:
+                result = self._check_parameters(params)
+                if result.successful:
+                    self._apply_parameters(params)
+                return result
+
+            self.add_on_set_parameters_callback(check_then_apply)
 
         from diagnostic_msgs.msg import DiagnosticArray
 
@@ -588,7 +597,11 @@ class GraspLocatorBase:
         else:
             line = f"{result.target!r} not found: {result.reason} ({total:.0f} ms)"
         # Continuous mode answers every frame: keep those at debug level.
-        (self.get_logger().info if job is not None else self.get_logger().debug)(line)
+        # rclpy ties one severity to each call site: two calls, not one chosen at run time.
+        if job is not None:
+            self.get_logger().info(line)
+        else:
+            self.get_logger().debug(line)
 
     def _add_pose(self: Any, answer: Answer, frame: Frame, result: Any) -> None:
         """Fill the 3D outputs of ``answer`` from the depth frame paired with ``frame``."""
