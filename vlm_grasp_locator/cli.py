@@ -69,7 +69,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         from .image_input import to_rgb_uint8
         from .overlay import draw_overlay
 
-        overlay = draw_overlay(to_rgb_uint8(image), result)
+        overlay = draw_overlay(to_rgb_uint8(image), result, random_weights=locator.random_weights)
         Path(args.overlay).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(args.overlay, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
             print(f"error: could not write {args.overlay}", file=sys.stderr)
@@ -148,6 +148,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
             device=args.device or "cpu",
             mobile_sam_checkpoint=config.mobile_sam_checkpoint,
             clip_checkpoint=config.clip_checkpoint,
+            mobile_sam_checkpoint_sha256=config.mobile_sam_checkpoint_sha256,
+            clip_checkpoint_sha256=config.clip_checkpoint_sha256,
             allow_random_weights=config.allow_random_weights,
             seed=config.seed,
         )

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from .checkpoints import normalise_sha256
 from .command_parser import parse_command
 from .crop_scoring import CROP_MODES, CropScorer, CropSettings
 from .image_input import frame_key, fit_long_side, resize_mask, to_rgb_uint8
@@ -60,6 +61,8 @@ class LocatorConfig:
     mobile_sam_checkpoint: str = ""  # "" = the default cache path
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_checkpoint: str = ""
+    mobile_sam_checkpoint_sha256: str = ""  # "" = the published digest (default file only)
+    clip_checkpoint_sha256: str = ""  # "" = the published digest (default file only)
     points_per_side: int = 16
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.8
@@ -117,6 +120,9 @@ class LocatorConfig:
             raise ValueError(f"max_image_side must be >= 64, got {self.max_image_side}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        for name in ("mobile_sam_checkpoint_sha256", "clip_checkpoint_sha256"):
+            if getattr(self, name):
+                normalise_sha256(getattr(self, name), name)
         self.proposal_settings().validate()
         self.crop_settings().validate()
 
@@ -127,6 +133,8 @@ class LocatorConfig:
             clip_model=self.clip_model,
             mobile_sam_checkpoint=self.mobile_sam_checkpoint,
             clip_checkpoint=self.clip_checkpoint,
+            mobile_sam_checkpoint_sha256=self.mobile_sam_checkpoint_sha256,
+            clip_checkpoint_sha256=self.clip_checkpoint_sha256,
             allow_random_weights=self.allow_random_weights,
             seed=self.seed,
             backend=self.backend,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -38,6 +39,12 @@ def _device(v: str) -> Optional[str]:
     if v.startswith("cuda:") and v[5:].isdigit():
         return None
     return "must be auto, cpu, cuda or cuda:N"
+
+
+def _sha256(v: str) -> Optional[str]:
+    if not v or re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", v.strip()):
+        return None
+    return "must be a SHA-256 digest (64 hex digits) or empty"
 
 
 def _clip_model(v: str) -> Optional[str]:
@@ -119,6 +126,15 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec("clip_checkpoint", "",
               "Path of the TinyCLIP checkpoint; empty = the default file for clip_model "
               "in the cache."),
+    ParamSpec("mobile_sam_checkpoint_sha256", "",
+              "SHA-256 the MobileSAM checkpoint must have; empty = the published digest for "
+              "the default file, no check for a configured path.", "64 hex digits or empty",
+              _sha256),
+    ParamSpec("clip_checkpoint_sha256", "",
+              "SHA-256 the TinyCLIP checkpoint must have; empty = the published digest for "
+              "the default file (none is published for the 61M model: `download-models` "
+              "prints the digest to pin), no check for a configured path.",
+              "64 hex digits or empty", _sha256),
     ParamSpec("points_per_side", 16,
               "MobileSAM automatic mask generator: prompt grid points per image side "
               "(cost grows with the square).", ">= 1", _at_least(1)),
