@@ -256,10 +256,12 @@ class LocateCaller:
         assert client.spin_until(lambda: client.node.count_publishers(name) > 0, timeout_s)
         client.spin_until(lambda: False, 0.3)
 
-    def send(self, command: str, timeout_s: float = 30.0) -> "GoalRun":
+    def send(self, command: str, timeout_s: float = 30.0,
+             include_mask: bool = False) -> "GoalRun":
         """Send a goal; the run once the server answered (accepted or rejected)."""
         run = GoalRun(self, command)
-        future = self.action.send_goal_async(self.Locate.Goal(command=command),
+        goal = self.Locate.Goal(command=command, include_mask=include_mask)
+        future = self.action.send_goal_async(goal,
                                              feedback_callback=run.on_feedback)
         assert self.client.spin_until(future.done, timeout_s), "goal not answered"
         run.handle = future.result()
