@@ -117,8 +117,8 @@ run() {
 }
 
 if [ "$jetson" = 1 ]; then
-  if [ "$dry_run" = 0 ] && ! "$interpreter" -c \
-      'import torch, torchvision, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  cuda_torch='import sys, torch, torchvision; sys.exit(0 if torch.cuda.is_available() else 1)'
+  if [ "$dry_run" = 0 ] && ! "$interpreter" -c "$cuda_torch" 2>/dev/null; then
     die "Jetson: no CUDA-enabled torch and torchvision for $interpreter. Install NVIDIA's
   JetPack torch wheel (and a matching torchvision) first; PyPI's aarch64 torch is CPU-only.
   With --mode venv, install them into $workspace/venv or system-wide (the venv sees both)."

@@ -109,7 +109,8 @@ def _top_level(body: Sequence[ast.stmt]) -> Iterator[ast.stmt]:
             yield from _top_level(stmt.body)
             yield from _top_level(stmt.orelse)
         elif isinstance(stmt, ast.Try):
-            for block in (stmt.body, stmt.orelse, stmt.finalbody, *[h.body for h in stmt.handlers]):
+            handlers = [h.body for h in stmt.handlers]
+            for block in (stmt.body, stmt.orelse, stmt.finalbody, *handlers):
                 yield from _top_level(block)
 
 
@@ -504,7 +505,8 @@ class PackageChecker:
                     if self._own_defines(cls, expr.func, owner):
                         continue
                     ok, sig = self.ref.lookup(owner, expr.func.attr)
-                    found = self.ref.return_class(owner.qualname, expr.func.attr, sig, owner.module)
+                    found = self.ref.return_class(owner.qualname, expr.func.attr, sig,
+                                                  owner.module)
                     if found:
                         out.append(found)
                 return out

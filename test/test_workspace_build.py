@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "vlm_grasp_locator"
 BUILD_TIMEOUT_S = 900
-APTLIKE_GENERATOR = REPO.parent / "shared" / "ros2-tools" / "distro-reference" / "aptlike-generator.sh"
+DISTRO_REFERENCE = REPO.parent / "shared" / "ros2-tools" / "distro-reference"
+APTLIKE_GENERATOR = DISTRO_REFERENCE / "aptlike-generator.sh"
 PATH_LIST_VARIABLES = (
     "AMENT_PREFIX_PATH",
     "CMAKE_PREFIX_PATH",
@@ -96,7 +97,8 @@ def _colcon_build(ws: Path, env: dict[str, str]) -> None:
     the repository's own install/, built once by scripts/setup.sh and shared by both builds)."""
     _copy_repository(ws / "src" / PACKAGE)
     build = subprocess.run(
-        [shutil.which("colcon") or "colcon", "build", "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}"],
+        [shutil.which("colcon") or "colcon", "build",
+         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}"],
         cwd=ws,
         env=env,
         capture_output=True,
