@@ -50,7 +50,7 @@ from std_msgs.msg import Header, String
 
 from . import node_params
 from .command_parser import is_stop_command, parse_command
-from .frame_pairing import FramePairer, stamp_to_seconds
+from .frame_pairing import DEPTH_WAIT_S, FramePairer, PairingsByFrame, stamp_to_seconds
 from .grasp_geometry import CameraModel, PoseError, depth_to_metres, grasp_pose_from_mask
 from .image_conversion import image_msg_to_array, image_msg_to_rgb
 from .node_diagnostics import DIAGNOSTICS_TOPIC, PERIOD_S, NodeHealth, diagnostic_array
@@ -126,6 +126,8 @@ class GraspLocatorBase:
         self._locator: Any = None
         self._cond = threading.Condition()
         self._frame: Optional[Frame] = None
+        # With use_depth: each frame's depth pairing, made on arrival, alive as long as it.
+        self._frame_pairings = PairingsByFrame()
         self._seq = 0
         self._jobs: Deque[Job] = collections.deque()
         self._track: Optional[str] = None  # continuous mode: command being followed
@@ -293,15 +295,21 @@ class GraspLocatorBase:
                 f"skipping image {msg.width}x{msg.height} encoding={msg.encoding!r} "
                 f"frame_id={msg.header.frame_id!r}: {e}", throttle_duration_sec=THROTTLE_S)
             return
+        pairer = self._pairer
+        # Paired now, while the depth frame taken with it is still buffered or yet to come.
+        pairing = pairer.open(stamp_to_seconds(msg.header.stamp)) if pairer is not None else None
         with self._cond:
             if self._frame is not None and not self._frame.used:
                 self._stats.add("frames_replaced_unused")
             self._seq += 1
             self._frame = Frame(self._seq, msg.header, rgb, received)
+            if pairing is not None:
+                self._frame_pairings.attach(self._frame, pairing)
             self._cond.notify_all()
 
     def _on_depth(self: Any, msg: Image) -> None:
-        """Buffer the depth frame (converted in the worker, only when used)."""
+        """Buffer the depth frame and pair it with colour frames (converted in the worker,
+        only when used)."""
         pairer = self._pairer
         if pairer is None:
             return
@@ -312,9 +320,15 @@ class GraspLocatorBase:
                                       throttle_duration_sec=THROTTLE_S)
 
     def _on_camera_info(self: Any, msg: CameraInfo) -> None:
+        """Pair the camera_info with the depth frame of the same stamp (see frame_pairing)."""
         pairer = self._pairer
-        if pairer is not None:
-            pairer.set_camera_info(msg)
+        if pairer is None:
+            return
+        try:
+            pairer.add_camera_info(stamp_to_seconds(msg.header.stamp), msg)
+        except ValueError as e:
+            self.get_logger().warning(f"skipping camera_info: {e}",
+                                      throttle_duration_sec=THROTTLE_S)
 
     def _on_command(self: Any, msg: String) -> None:
         """Queue a topic command; when full, the oldest queued topic command is dropped
@@ -627,16 +641,19 @@ class GraspLocatorBase:
         """(depth header, GraspPose); raises PoseError/ValueError with the reason."""
         pairer = self._pairer
         assert pairer is not None
-        info = pairer.camera_info
-        if info is None:
+        pairing = self._frame_pairings.get(frame)
+        if pairing is None:  # not paired on arrival (no pairer then): what is buffered now
+            pairing = pairer.pair_buffered(stamp_to_seconds(frame.header.stamp))
+        # A fast inference may end before the depth frame taken with the image arrives.
+        paired = pairer.resolve(pairing, wait_until=frame.received + DEPTH_WAIT_S)
+        if paired.camera_info is None:
             raise PoseError(f"pose: no camera_info received on '{self._info_sub.topic_name}'")
-        paired = pairer.match(stamp_to_seconds(frame.header.stamp))
-        if paired is None:
+        if paired.depth is None:
             raise PoseError(f"pose: no depth frame within {pairer.max_dt:g} s of the image "
                             f"stamp ({len(pairer)} buffered on '{self._depth_sub.topic_name}')")
-        depth_msg = paired.payload
+        depth_msg = paired.depth.payload
         try:
-            camera = CameraModel.from_camera_info(info)
+            camera = CameraModel.from_camera_info(paired.camera_info)
         except ValueError as e:
             raise PoseError(f"pose: bad camera_info: {e}") from e
         depth_m = depth_to_metres(image_msg_to_array(depth_msg), depth_msg.encoding)
