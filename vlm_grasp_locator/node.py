@@ -593,7 +593,8 @@ class GraspLocatorBase:
         overlay = None
         if self._settings.publish_overlay:
             try:
-                overlay = draw_overlay(frame.rgb, result)
+                overlay = draw_overlay(frame.rgb, result,
+                                       random_weights=locator.random_weights)
             except Exception as e:  # noqa: BLE001 - an overlay is optional
                 self._error(f"overlay failed: {type(e).__name__}: {e}")
         answer = result_messages(self._types, frame.header, result, text, overlay_rgb=overlay)
