@@ -135,7 +135,9 @@ def render(objects: Sequence[SceneObject], rng: np.random.Generator,
            size_hw: Tuple[int, int] = SIZE_HW) -> Scene:
     image = np.empty((*size_hw, 3), dtype=np.int16)
     image[:] = TABLE_RGB
-    masks = np.stack([mask_of(o, size_hw) for o in objects]) if objects else np.zeros((0, *size_hw), bool)
+    masks = np.zeros((len(objects), *size_hw), dtype=bool)
+    for i, obj in enumerate(objects):
+        masks[i] = mask_of(obj, size_hw)
     for obj, mask in zip(objects, masks):
         image[mask] = COLOURS[obj.colour]
     image += rng.integers(-12, 13, image.shape, dtype=np.int16)
@@ -208,7 +210,8 @@ def _place(rng: np.random.Generator, colour: str, shape: str, placed: Sequence[S
     height, width = SIZE_HW
     for _ in range(tries):
         h = half_size if half_size is not None else int(rng.choice(HALF_SIZES))
-        centre = (float(rng.integers(h + 2, width - h - 2)), float(rng.integers(h + 2, height - h - 2)))
+        centre = (float(rng.integers(h + 2, width - h - 2)),
+                  float(rng.integers(h + 2, height - h - 2)))
         obj = SceneObject(colour, shape, h, centre, round(float(rng.uniform(0.5, 1.5)), 3))
         if not _overlaps(obj.box, placed) and ok(obj):
             return obj
@@ -219,8 +222,8 @@ def _random_attributes(rng: np.random.Generator) -> Tuple[str, str]:
     return str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
 
 
-def _description(rng: np.random.Generator, obj: SceneObject, kinds: Sequence[str] = ("both", "shape", "colour")) -> Description:
-    kind = str(rng.choice(list(kinds)))
+def _description(rng: np.random.Generator, obj: SceneObject) -> Description:
+    kind = str(rng.choice(["both", "shape", "colour"]))
     if kind == "both":
         return Description(obj.colour, obj.shape)
     if kind == "shape":
@@ -263,7 +266,8 @@ def _distinct_target_and_anchor(rng: np.random.Generator, anchors: int = 1
     return target, anchor_attrs, anchor_descs
 
 
-def _target_attributes(rng: np.random.Generator, target: Description) -> Tuple[str, str]:
+def _like(rng: np.random.Generator, target: Description) -> Tuple[str, str]:
+    """Colour and shape of an object the target description fits."""
     colour = target.colour or str(rng.choice(list(COLOURS)))
     shape = target.shape or str(rng.choice(SHAPES))
     return colour, shape
@@ -275,8 +279,13 @@ _SUFFIXES = ("", "", " please", " for me", ", thanks")
 
 
 def _say(rng: np.random.Generator, noun_phrase: str) -> str:
+    """The noun phrase in a command, with a verb and maybe politeness."""
     return (f"{rng.choice(_PREFIXES)}{rng.choice(_VERBS)} {noun_phrase}"
             f"{rng.choice(_SUFFIXES)}")
+
+
+def _say_one(rng: np.random.Generator, templates: Sequence[str]) -> str:
+    return _say(rng, str(rng.choice(list(templates))))
 
 
 def _cx(o: SceneObject) -> float:
@@ -298,8 +307,10 @@ def _distance(a: SceneObject, b: SceneObject) -> float:
 
 
 # Strict sides, with margins: the answer is clearly on the side, distractors clearly not.
-def _side_tests(kind: CommandKind) -> Tuple[Callable[[SceneObject, SceneObject], bool],
-                                             Callable[[SceneObject, SceneObject], bool], str]:
+Test = Callable[[SceneObject, SceneObject], bool]
+
+
+def _side_tests(kind: CommandKind) -> Tuple[Test, Test, str]:
     def level_x(a: SceneObject, b: SceneObject) -> bool:
         return abs(_cy(a) - _cy(b)) < 0.7 * (a.half_size + b.half_size) + 10
 
@@ -342,23 +353,25 @@ def _relational(kind: CommandKind, rng: np.random.Generator) -> SceneCommand:
     distractors = int(rng.integers(1, 3))
     if kind in (CommandKind.LEFT_OF, CommandKind.RIGHT_OF, CommandKind.ABOVE, CommandKind.BELOW):
         yes, no, relation = _side_tests(kind)
-        answer = _place(rng, *_target_attributes(rng, target), placed, lambda o: yes(o, anchor))
+        answer = _place(rng, *_like(rng, target), placed, lambda o: yes(o, anchor))
         placed.append(answer)
         for _ in range(distractors):
-            placed.append(_place(rng, *_target_attributes(rng, target), placed, lambda o: no(o, anchor)))
+            placed.append(_place(rng, *_like(rng, target), placed, lambda o: no(o, anchor)))
         wording = str(rng.choice(_SIDE_WORDING[relation]))
     elif kind is CommandKind.NEAR:
-        answer = _place(rng, *_target_attributes(rng, target), placed, lambda o: _gap(o, anchor) <= 12)
+        answer = _place(rng, *_like(rng, target), placed, lambda o: _gap(o, anchor) <= 12)
         placed.append(answer)
         for _ in range(distractors):
-            placed.append(_place(rng, *_target_attributes(rng, target), placed, lambda o: _gap(o, anchor) >= 80))
+            placed.append(_place(rng, *_like(rng, target), placed,
+                                 lambda o: _gap(o, anchor) >= 80))
         wording = str(rng.choice(["next to", "near", "beside", "by"]))
     else:  # CLOSEST_TO
-        answer = _place(rng, *_target_attributes(rng, target), placed, lambda o: _distance(o, anchor) <= 90)
+        answer = _place(rng, *_like(rng, target), placed, lambda o: _distance(o, anchor) <= 90)
         placed.append(answer)
         limit = 1.8 * _distance(answer, anchor)
         for _ in range(distractors):
-            placed.append(_place(rng, *_target_attributes(rng, target), placed, lambda o: _distance(o, anchor) >= limit))
+            placed.append(_place(rng, *_like(rng, target), placed,
+                                 lambda o: _distance(o, anchor) >= limit))
         wording = str(rng.choice(["closest to", "nearest to", "nearest"]))
     _fill(rng, placed, [target, *anchor_descs], int(rng.integers(0, 4)))
     phrase = f"the {target.words()} {wording} the {anchor_descs[0].words()}"
@@ -374,7 +387,7 @@ def _between(rng: np.random.Generator) -> SceneCommand:
     t = float(rng.uniform(0.4, 0.6))
     centre = (first.centre[0] + t * (second.centre[0] - first.centre[0]),
               first.centre[1] + t * (second.centre[1] - first.centre[1]))
-    answer = SceneObject(*_target_attributes(rng, target), h, centre, 1.0)
+    answer = SceneObject(*_like(rng, target), h, centre, 1.0)
     if _overlaps(answer.box, [first, second]):
         raise _NoRoom
     placed = [first, second, answer]
@@ -388,7 +401,7 @@ def _between(rng: np.random.Generator) -> SceneCommand:
         return across > 60 or along < -0.3 or along > 1.3
 
     for _ in range(int(rng.integers(1, 3))):
-        placed.append(_place(rng, *_target_attributes(rng, target), placed, off_segment))
+        placed.append(_place(rng, *_like(rng, target), placed, off_segment))
     _fill(rng, placed, [target, *anchor_descs], int(rng.integers(0, 3)), off_segment)
     phrase = (f"the {target.words()} {rng.choice(['between', 'in between'])} the "
               f"{anchor_descs[0].words()} and the {anchor_descs[1].words()}")
@@ -405,9 +418,9 @@ def _depth_relation(kind: CommandKind, rng: np.random.Generator) -> SceneCommand
     def in_line(o: SceneObject) -> bool:
         return abs(_cx(o) - _cx(anchor)) < 25 + o.half_size
 
-    answer = _place(rng, *_target_attributes(rng, target), [anchor], in_line)
+    answer = _place(rng, *_like(rng, target), [anchor], in_line)
     answer = answer.with_(depth_m=d + (0.3 if behind else -0.3))
-    other = _place(rng, *_target_attributes(rng, target), [anchor, answer], in_line)
+    other = _place(rng, *_like(rng, target), [anchor, answer], in_line)
     other = other.with_(depth_m=d + (-0.3 if behind else 0.3))
     placed = [anchor, answer, other]
     _fill(rng, placed, [target, *anchor_descs], int(rng.integers(0, 4)))
@@ -416,13 +429,14 @@ def _depth_relation(kind: CommandKind, rng: np.random.Generator) -> SceneCommand
     return _with_answer(kind, rng, placed, [answer], _say(rng, phrase))
 
 
-def _group(rng: np.random.Generator, count: int, separated: Callable[[SceneObject, List[SceneObject]], bool]
+def _group(rng: np.random.Generator, count: int,
+           separated: Callable[[SceneObject, List[SceneObject]], bool],
            ) -> Tuple[Description, List[SceneObject]]:
     colour, shape = _random_attributes(rng)
     target = _description(rng, SceneObject(colour, shape, 9, (0, 0)))
     group: List[SceneObject] = []
     for _ in range(count):
-        group.append(_place(rng, *_target_attributes(rng, target), group, lambda o: separated(o, group)))
+        group.append(_place(rng, *_like(rng, target), group, lambda o: separated(o, group)))
     return target, group
 
 
@@ -443,19 +457,22 @@ def _ordinal(rng: np.random.Generator, extreme: bool) -> SceneCommand:
     if extreme:
         answer = ordered[0]
         templates = {
-            "left": [f"the leftmost {words}", f"the {words} on the left", f"the {words} on the far left"],
-            "right": [f"the rightmost {words}", f"the {words} on the right", f"the {words} furthest to the right"],
+            "left": [f"the leftmost {words}", f"the {words} on the left",
+                     f"the {words} on the far left"],
+            "right": [f"the rightmost {words}", f"the {words} on the right",
+                      f"the {words} furthest to the right"],
             "top": [f"the topmost {words}", f"the {words} at the top", f"the highest {words}"],
-            "bottom": [f"the lowest {words}", f"the {words} at the bottom", f"the bottommost {words}"],
+            "bottom": [f"the lowest {words}", f"the {words} at the bottom",
+                       f"the bottommost {words}"],
         }[axis]
-        return _with_answer(CommandKind.EXTREME, rng, placed, [answer], _say(rng, str(rng.choice(templates))))
+        return _with_answer(CommandKind.EXTREME, rng, placed, [answer], _say_one(rng, templates))
     rank = int(rng.integers(1, count + 1))
     answer = ordered[rank - 1]
     nth = ["first", "second", "third", "fourth"][rank - 1]
     templates = [f"the {nth} {words} from the {axis}", f"the {words} {nth} from the {axis}"]
     if rank == count and rng.random() < 0.3:
         templates = [f"the last {words} from the {axis}"]
-    return _with_answer(CommandKind.ORDINAL, rng, placed, [answer], _say(rng, str(rng.choice(templates))))
+    return _with_answer(CommandKind.ORDINAL, rng, placed, [answer], _say_one(rng, templates))
 
 
 def _size(rng: np.random.Generator) -> SceneCommand:
@@ -465,7 +482,7 @@ def _size(rng: np.random.Generator) -> SceneCommand:
     sizes = sorted(rng.choice(HALF_SIZES, size=count, replace=False).tolist())
     group: List[SceneObject] = []
     for h in sizes:
-        group.append(_place(rng, *_target_attributes(rng, target), group, half_size=int(h)))
+        group.append(_place(rng, *_like(rng, target), group, half_size=int(h)))
     largest = bool(rng.random() < 0.5)
     answer = group[-1] if largest else group[0]
     placed = list(group)
@@ -475,7 +492,7 @@ def _size(rng: np.random.Generator) -> SceneCommand:
         templates = [f"the biggest {words}", f"the largest {words}"]
     else:
         templates = [f"the smallest {words}", f"the tiniest {words}"]
-    return _with_answer(CommandKind.SIZE, rng, placed, [answer], _say(rng, str(rng.choice(templates))))
+    return _with_answer(CommandKind.SIZE, rng, placed, [answer], _say_one(rng, templates))
 
 
 def _depth(rng: np.random.Generator) -> SceneCommand:
@@ -485,18 +502,20 @@ def _depth(rng: np.random.Generator) -> SceneCommand:
     group: List[SceneObject] = []
     depths = 0.5 + 0.25 * rng.permutation(5)[:count]
     for d in depths:
-        group.append(_place(rng, *_target_attributes(rng, target), group).with_(depth_m=float(d)))
+        group.append(_place(rng, *_like(rng, target), group).with_(depth_m=float(d)))
     nearest = bool(rng.random() < 0.6)
-    answer = min(group, key=lambda o: o.depth_m or 0.0) if nearest else max(group, key=lambda o: o.depth_m or 0.0)
+    by_depth = sorted(group, key=lambda o: o.depth_m or 0.0)
+    answer = by_depth[0] if nearest else by_depth[-1]
     placed = list(group)
     _fill(rng, placed, [target], int(rng.integers(0, 4)))
     words = target.words()
     if nearest:
-        templates = [f"the {words} closest to me", f"the nearest {words}", f"the {words} nearest to you",
-                     f"the closest {words}"]
+        templates = [f"the {words} closest to me", f"the nearest {words}",
+                     f"the {words} nearest to you", f"the closest {words}"]
     else:
-        templates = [f"the farthest {words}", f"the {words} furthest from me", f"the {words} farthest away from you"]
-    return _with_answer(CommandKind.DEPTH, rng, placed, [answer], _say(rng, str(rng.choice(templates))))
+        templates = [f"the farthest {words}", f"the {words} furthest from me",
+                     f"the {words} farthest away from you"]
+    return _with_answer(CommandKind.DEPTH, rng, placed, [answer], _say_one(rng, templates))
 
 
 def _exclusion(rng: np.random.Generator) -> SceneCommand:
@@ -510,12 +529,15 @@ def _exclusion(rng: np.random.Generator) -> SceneCommand:
         templates = [f"the {shape}, not the {drop} one", f"the {shape} that isn't {drop}",
                      f"the {shape} but not the {drop} one", f"the {shape} except the {drop} one"]
     else:
-        _fill(rng, placed, [Description(keep, None), Description(drop, None)], int(rng.integers(0, 4)))
-        templates = [f"the {keep} one, not the {drop} one", f"the {keep} one and not the {drop} one"]
-    return _with_answer(CommandKind.EXCLUSION, rng, placed, [answer], _say(rng, str(rng.choice(templates))))
+        colours = [Description(keep, None), Description(drop, None)]
+        _fill(rng, placed, colours, int(rng.integers(0, 4)))
+        templates = [f"the {keep} one, not the {drop} one",
+                     f"the {keep} one and not the {drop} one"]
+    return _with_answer(CommandKind.EXCLUSION, rng, placed, [answer], _say_one(rng, templates))
 
 
-def _unique_objects(rng: np.random.Generator, count: int, placed: List[SceneObject]) -> List[Tuple[SceneObject, Description]]:
+def _unique_objects(rng: np.random.Generator, count: int, placed: List[SceneObject],
+                    ) -> List[Tuple[SceneObject, Description]]:
     attributes = [(c, s) for c in COLOURS for s in SHAPES]
     chosen = [attributes[i] for i in rng.choice(len(attributes), size=count, replace=False)]
     result = []
@@ -535,15 +557,16 @@ def _plain_or_multi(rng: np.random.Generator, multi: bool) -> SceneCommand:
     # A description by one attribute only when it is unique in the scene.
     phrases = []
     for obj, desc in named:
-        options = [desc] + [d for d in (Description(None, obj.shape), Description(obj.colour, None))
-                            if sum(d.matches(o) for o in placed) == 1]
+        shorter = (Description(None, obj.shape), Description(obj.colour, None))
+        options = [desc] + [d for d in shorter if sum(d.matches(o) for o in placed) == 1]
         phrases.append(options[int(rng.integers(len(options)))].words())
     if not multi:
-        return _with_answer(CommandKind.PLAIN, rng, placed, [named[0][0]], _say(rng, f"the {phrases[0]}"))
+        command = _say(rng, f"the {phrases[0]}")
+        return _with_answer(CommandKind.PLAIN, rng, placed, [named[0][0]], command)
     the = [f"the {p}" for p in phrases]
     if count == 2:
-        templates = [f"{the[0]} and then {the[1]}", f"{the[0]} and {the[1]}", f"{the[0]}, then {the[1]}"]
-        command = _say(rng, str(rng.choice(templates)))
+        command = _say_one(rng, [f"{the[0]} and then {the[1]}", f"{the[0]} and {the[1]}",
+                                 f"{the[0]}, then {the[1]}"])
         if rng.random() < 0.25:
             command = f"first {the[0]}, then {the[1]}"
     else:
@@ -573,7 +596,8 @@ def _one(kind: CommandKind, rng: np.random.Generator) -> SceneCommand:
     return _relational(kind, rng)
 
 
-def generate(count: int, seed: int = 0, kinds: Sequence[CommandKind] = tuple(CommandKind)) -> List[SceneCommand]:
+def generate(count: int, seed: int = 0,
+             kinds: Sequence[CommandKind] = tuple(CommandKind)) -> List[SceneCommand]:
     """``count`` scene commands, cycling through ``kinds``; deterministic for a seed."""
     rng = np.random.default_rng(seed)
     commands: List[SceneCommand] = []

@@ -43,8 +43,8 @@ def _command_parser_tests() -> ModuleType:
 _PARSER_TESTS = _command_parser_tests()
 
 
-def T(phrase: str, *relations: Tuple[Relation, str], ordinal: Optional[Tuple[OrderKey, int]] = None,
-      exclusions: Sequence[str] = ()) -> Target:
+def T(phrase: str, *relations: Tuple[Relation, str],
+      ordinal: Optional[Tuple[OrderKey, int]] = None, exclusions: Sequence[str] = ()) -> Target:
     """An expected target; a relation is (Relation, "anchor") or (BETWEEN, "a|b")."""
     return Target(
         phrase,
@@ -56,7 +56,8 @@ def T(phrase: str, *relations: Tuple[Relation, str], ordinal: Optional[Tuple[Ord
 
 def structure(parsed: ReferringCommand) -> Tuple[Target, ...]:
     """The targets less their ``text`` (which the table does not spell out)."""
-    return tuple(Target(t.phrase, "", t.relations, t.ordinal, t.exclusions) for t in parsed.targets)
+    return tuple(Target(t.phrase, "", t.relations, t.ordinal, t.exclusions)
+                 for t in parsed.targets)
 
 
 TABLE = [
@@ -153,8 +154,10 @@ TABLE = [
     ("grab the pen followed by the red cup", [T("pen"), T("red cup")]),
     ("Can you pass me the salt? Then the pepper.", [T("salt"), T("pepper")]),
     ("take the pen. take the cup.", [T("pen"), T("cup")]),
-    ("the red cup left of the plate and the blue pen", [T("red cup", (L, "plate")), T("blue pen")]),
-    ("grab the bottle, then the mug next to it", [T("bottle"), T("mug", (Relation.NEAR, "bottle"))]),
+    ("the red cup left of the plate and the blue pen",
+     [T("red cup", (L, "plate")), T("blue pen")]),
+    ("grab the bottle, then the mug next to it",
+     [T("bottle"), T("mug", (Relation.NEAR, "bottle"))]),
     ("pick up the biggest box and then the cup on the left",
      [T("box", ordinal=(OrderKey.LARGEST, 1)), T("cup", ordinal=(OrderKey.LEFT, 1))]),
     ("grab the bottle, the second one from the left", [T("bottle", ordinal=(OrderKey.LEFT, 2))]),
@@ -209,7 +212,8 @@ def _parametrized(test: object, name: str) -> list:
     return list(marks[0].args[1])
 
 
-@pytest.mark.parametrize(("command", "target"), _parametrized(_PARSER_TESTS.test_targets, "command"))
+@pytest.mark.parametrize(("command", "target"),
+                         _parametrized(_PARSER_TESTS.test_targets, "command"))
 def test_first_target_is_command_parsers_phrase(command: str, target: str) -> None:
     parsed = parse_referring(command)
     assert parsed.targets, parsed

@@ -40,7 +40,8 @@ def regions_of(things: Sequence[Thing], size: Tuple[int, int] = (400, 300)) -> R
     depths = [d for _, _, d in things]
     return Regions.from_boxes(
         np.array([b for _, b, _ in things], dtype=float), size,
-        depths_m=None if all(d is None for d in depths) else [np.nan if d is None else d for d in depths],
+        depths_m=(None if all(d is None for d in depths)
+                  else [np.nan if d is None else d for d in depths]),
     )
 
 
@@ -318,8 +319,8 @@ def scenes_and_targets(draw: st.DrawFn) -> Tuple[Regions, PhraseScores, Target]:
     for _ in range(n):
         x, y = draw(coords), draw(coords)
         boxes.append((x, y, x + draw(st.floats(0, 80)), y + draw(st.floats(0, 80))))
-    depths = draw(st.one_of(st.none(), st.lists(st.one_of(st.floats(0.1, 3.0), st.just(float("nan"))),
-                                                min_size=n, max_size=n)))
+    depth = st.one_of(st.floats(0.1, 3.0), st.just(float("nan")))
+    depths = draw(st.one_of(st.none(), st.lists(depth, min_size=n, max_size=n)))
     regions = Regions.from_boxes(np.array(boxes), (300, 300), depths_m=depths)
     relations = tuple(
         RelationClause(r, ("a", "b")[: r.anchor_count])
@@ -329,15 +330,18 @@ def scenes_and_targets(draw: st.DrawFn) -> Tuple[Regions, PhraseScores, Target]:
                                                   st.integers(-3, 4).filter(bool))))
     exclusions = ("c",) if draw(st.booleans()) else ()
     target = Target("t", relations=relations, ordinal=ordinal, exclusions=exclusions)
-    phrases = phrases_to_score(target) + tuple(p for p in ("a", "b") if p not in phrases_to_score(target))
-    matrix = np.array(draw(st.lists(st.lists(st.floats(0, 1), min_size=len(phrases), max_size=len(phrases)),
-                                    min_size=n, max_size=n)))
+    needed = phrases_to_score(target)
+    phrases = needed + tuple(p for p in ("a", "b") if p not in needed)
+    row = st.lists(st.floats(0, 1), min_size=len(phrases), max_size=len(phrases))
+    matrix = np.array(draw(st.lists(row, min_size=n, max_size=n)))
     return regions, PhraseScores(phrases, matrix), target
 
 
 @settings(max_examples=150, deadline=None)
 @given(scenes_and_targets())
-def test_ranking_is_a_sorted_permutation_in_unit_interval(case: Tuple[Regions, PhraseScores, Target]) -> None:
+def test_ranking_is_a_sorted_permutation_in_unit_interval(
+    case: Tuple[Regions, PhraseScores, Target],
+) -> None:
     regions, scores, target = case
     resolution = resolve_target(target, regions, scores)
     indices = [r.index for r in resolution.ranked]

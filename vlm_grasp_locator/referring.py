@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from vlm_grasp_locator.core.command_parser import (
@@ -190,11 +191,11 @@ def _build_cues() -> Dict[Words, _Cue]:
         for pre in ("", "to the ", "on the ", "at the ", "just ", "just to the "):
             add(rel, [f"{pre}{word}{side} of" for side in sides], relation)
         add(rel, [f"{word} from", f"to the {word} from"], relation)
-        add(pos, [f"{pre}{word}{side}" for pre in ("on the ", "to the ", "at the ", "on the far ",
-                                                    "to the far ", "at the far ", "far ")
-                  for side in sides], order=order)
+        places = ("on the ", "to the ", "at the ", "on the far ", "to the far ", "at the far ",
+                  "far ")
+        add(pos, [f"{pre}{word}{side}" for pre in places for side in sides], order=order)
         add(pos, [f"furthest to the {word}", f"farthest to the {word}", f"most to the {word}",
-                  f"furthest {word}", f"farthest {word}", f"on your {word}"], order=order)
+                  f"furthest {word}", f"farthest {word}"], order=order)
         add(axis, [f"from the {word}", f"from {word}", f"counting from the {word}",
                    f"starting from the {word}", f"from the {word} side",
                    f"from the {word}-hand side"], order=order)
@@ -254,23 +255,17 @@ def _build_cues() -> Dict[Words, _Cue]:
     return cues
 
 
-_CUE_TABLE: Dict[Words, _Cue] = {}
-
-
-def _cues() -> Dict[Words, _Cue]:
-    """The cue table, built on first use (no work at import time)."""
-    if not _CUE_TABLE:
-        _CUE_TABLE.update(_build_cues())
-    return _CUE_TABLE
-
-
-_MAX_CUE = 6
+@lru_cache(maxsize=1)
+def _cues() -> Tuple[Dict[Words, _Cue], int]:
+    """The cue table and its longest cue, built on first use (no work at import time)."""
+    table = _build_cues()
+    return table, max(len(words) for words in table)
 
 
 def _match_cue(keys: Sequence[str], i: int, end: int) -> Optional[Tuple[int, _Cue]]:
     """The longest cue starting at ``keys[i]`` (within ``end``), with its length."""
-    table = _cues()
-    for length in range(min(_MAX_CUE, end - i), 0, -1):
+    table, longest = _cues()
+    for length in range(min(longest, end - i), 0, -1):
         cue = table.get(tuple(keys[i:i + length]))
         if cue is not None:
             if keys[i] == "over" and length == 1 and i + 1 >= end:
@@ -736,8 +731,7 @@ def _first_cue_in(keys: Sequence[str], start: int, end: int) -> int:
         if keys[i] in _PROXIMITY_WORDS or keys[i] in _COPULAS:
             return i
         cue = _match_cue(keys, i, end)
-        if cue is not None and cue[1].kind in (_CueKind.RELATION, _CueKind.EXCLUDE,
-                                                _CueKind.POSITION, _CueKind.AXIS) \
+        if cue is not None and cue[1].kind is not _CueKind.FILLER \
                 and keys[i] not in _ORDINAL_NUMBERS:
             return i
     return end
@@ -766,7 +760,8 @@ def _clause_target(tokens: Words, previous: Optional[str]) -> Tuple[Optional[Tar
                 and keys[tail_start - 1] in _ADJECTIVES and keys[tail_start + 1] in _ADJECTIVES:
             rest = parse_command(" ".join(tokens[tail_start + 1:]))
             more = rest.target.split(" ") if rest.target else []
-            if not more or _locate(keys, [_key(w) for w in more], tail_start + 1) != tail_start + 1:
+            found = _locate(keys, [_key(w) for w in more], tail_start + 1) if more else -1
+            if found != tail_start + 1:
                 break
             builder.phrase = _pronoun_to_object(builder.phrase + ["and"] + more)
             tail_start = cut = end = tail_start + 1 + len(more)

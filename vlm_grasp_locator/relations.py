@@ -178,7 +178,9 @@ class TargetResolution:
         return self.ranked[0] if self.ranked else None
 
 
-def phrases_to_score(command: Union[ReferringCommand, Target, Sequence[Target]]) -> Tuple[str, ...]:
+def phrases_to_score(
+    command: Union[ReferringCommand, Target, Sequence[Target]],
+) -> Tuple[str, ...]:
     """Each phrase the scorer must score for ``command``, once, in order of first use."""
     if isinstance(command, ReferringCommand):
         targets: Sequence[Target] = command.targets
@@ -202,6 +204,17 @@ def phrases_to_score(command: Union[ReferringCommand, Target, Sequence[Target]])
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.clip(x, -60.0, 60.0)))
+
+
+def _overlap(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Pairwise length of [lo_i, hi_i] within [lo_j, hi_j] (0 when apart)."""
+    return np.clip(np.minimum(hi[:, None], hi[None, :]) - np.maximum(lo[:, None], lo[None, :]),
+                   0.0, None)
+
+
+def _gap(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Pairwise gap between intervals [lo_i, hi_i] and [lo_j, hi_j] (0 when they overlap)."""
+    return np.maximum(0.0, np.maximum(lo[:, None] - hi[None, :], lo[None, :] - hi[:, None]))
 
 
 @dataclass(frozen=True)
@@ -229,9 +242,7 @@ class _Geometry:
     def gaps(self) -> Tuple[np.ndarray, np.ndarray]:
         """Horizontal and vertical gaps between boxes (0 where they overlap)."""
         b = self.regions.boxes_xyxy
-        gx = np.maximum(0.0, np.maximum(b[:, None, 0] - b[None, :, 2], b[None, :, 0] - b[:, None, 2]))
-        gy = np.maximum(0.0, np.maximum(b[:, None, 1] - b[None, :, 3], b[None, :, 1] - b[:, None, 3]))
-        return gx, gy
+        return _gap(b[:, 0], b[:, 2]), _gap(b[:, 1], b[:, 3])
 
     def side(self, horizontal: bool, sign: float) -> np.ndarray:
         """Candidate i lies on one side of anchor j: left (horizontal, +1), right (-1),
@@ -247,7 +258,8 @@ class _Geometry:
             across = self.gaps()[0] / (self.w[:, None] + self.w[None, :])
         gx, gy = self.gaps()
         distance = np.hypot(gx, gy) / (0.25 * self.diagonal)
-        return _sigmoid(sign * delta / scale) * np.exp(-0.5 * across) * (0.7 + 0.3 * np.exp(-distance))
+        proximity = 0.7 + 0.3 * np.exp(-distance)
+        return _sigmoid(sign * delta / scale) * np.exp(-0.5 * across) * proximity
 
     def near(self) -> np.ndarray:
         gx, gy = self.gaps()
@@ -257,9 +269,8 @@ class _Geometry:
     def containment(self) -> np.ndarray:
         """Share of candidate i's box inside anchor j's box."""
         b = self.regions.boxes_xyxy
-        ix = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-        iy = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-        return ix * iy / (self.w * self.h)[:, None]
+        inside = _overlap(b[:, 0], b[:, 2]) * _overlap(b[:, 1], b[:, 3])
+        return inside / (self.w * self.h)[:, None]
 
     def smaller(self) -> np.ndarray:
         """1 where candidate i is smaller than anchor j, 0.25 where not."""
@@ -269,8 +280,7 @@ class _Geometry:
     def on(self) -> np.ndarray:
         """Inside the anchor's outline (seen from above) or resting on its top edge."""
         b = self.regions.boxes_xyxy
-        overlap_x = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-        resting = (overlap_x / self.w[:, None]) * np.exp(
+        resting = (_overlap(b[:, 0], b[:, 2]) / self.w[:, None]) * np.exp(
             -np.abs(b[:, None, 3] - b[None, :, 1]) / (0.25 * self.h[:, None] + 1.0))
         return np.maximum(self.containment(), resting) * self.smaller()
 
@@ -285,12 +295,14 @@ class _Geometry:
         gx = self.gaps()[0] / (self.w[:, None] + self.w[None, :])
         level = np.exp(-gx)  # "behind the plate" means roughly in line with it
         b = self.regions.boxes_xyxy
-        image = _sigmoid(sign * (b[:, None, 3] - b[None, :, 3]) / (0.25 * (self.h[:, None] + self.h[None, :]) / 2 + 1.0))
+        scale = 0.25 * (self.h[:, None] + self.h[None, :]) / 2 + 1.0
+        image = _sigmoid(sign * (b[:, None, 3] - b[None, :, 3]) / scale)
         depths = self.regions.depths_m
         if depths is None:
             return image * level
         both = np.isfinite(depths[:, None]) & np.isfinite(depths[None, :])
-        by_depth = _sigmoid(sign * (np.nan_to_num(depths[None, :]) - np.nan_to_num(depths[:, None])) / 0.03)
+        known = np.nan_to_num(depths)
+        by_depth = _sigmoid(sign * (known[None, :] - known[:, None]) / 0.03)
         return np.where(both, by_depth, image) * level
 
     def distance(self) -> np.ndarray:
@@ -303,7 +315,8 @@ class _Geometry:
         u = c[k] - c[j]
         length2 = float(u @ u) + _EPS
         t = ((c - c[j]) @ u) / length2
-        perpendicular = np.abs((c[:, 0] - c[j, 0]) * u[1] - (c[:, 1] - c[j, 1]) * u[0]) / np.sqrt(length2)
+        cross = (c[:, 0] - c[j, 0]) * u[1] - (c[:, 1] - c[j, 1]) * u[0]
+        perpendicular = np.abs(cross) / np.sqrt(length2)
         scale = np.maximum(self.size, 0.15 * np.sqrt(length2))
         within = _sigmoid((t - 0.05) / 0.04) * _sigmoid((0.95 - t) / 0.04)
         return within * np.exp(-((perpendicular / scale) ** 2))
@@ -389,11 +402,9 @@ def _relation(geometry: _Geometry, clause: RelationClause, scores: PhraseScores,
         top = float(values[candidates].max()) if len(candidates) else 0.0
         if top > _EPS:
             values = np.clip(values / top, 0.0, 1.0)
-    anchor_phrase = clause.anchors[0]
-    notes = [
-        f"{clause.relation.value} {anchor_phrase} ({anchor_phrase} {anchors[0][j]:.2f} at #{j}): {v:.2f}"
-        for v, j in zip(values, anchor_of)
-    ]
+    name = clause.anchors[0]
+    notes = [f"{clause.relation.value} {name} ({name} {anchors[0][j]:.2f} at #{j}): {v:.2f}"
+             for v, j in zip(values, anchor_of)]
     return _Factor(values, notes)
 
 
@@ -511,7 +522,9 @@ def resolve_target(target: Target, regions: Regions, scores: PhraseScores,
     allowed[[i for i in taken if 0 <= i < n]] = False
     phrase_score = scores.column(target.phrase)
     factors: List[_Factor] = [_exclusion(scores, p) for p in target.exclusions]
-    base = phrase_score * np.prod([f.values for f in factors], axis=0) if factors else phrase_score.copy()
+    base = phrase_score.copy()
+    for factor in factors:
+        base = base * factor.values
     geometry = _Geometry(regions)
     for clause in target.relations:
         factor = _relation(geometry, clause, scores, base, settings, allowed)
@@ -528,13 +541,17 @@ def resolve_target(target: Target, regions: Regions, scores: PhraseScores,
         parts = [f.notes[i] for f in factors]
         if not allowed[i]:
             parts.append("already chosen for an earlier target")
-        reason = f"{target.phrase} {phrase_score[i]:.2f}" + (f": {'; '.join(parts)}" if parts else "")
+        reason = f"{target.phrase} {phrase_score[i]:.2f}"
+        if parts:
+            reason += f": {'; '.join(parts)}"
         ranked.append(RankedRegion(int(i), float(combined[i]), reason))
     return TargetResolution(target, tuple(ranked))
 
 
-def resolve_command(command: ReferringCommand, regions: Regions, scores: PhraseScores,
-                    settings: ResolverSettings = ResolverSettings()) -> Tuple[TargetResolution, ...]:
+def resolve_command(
+    command: ReferringCommand, regions: Regions, scores: PhraseScores,
+    settings: ResolverSettings = ResolverSettings(),
+) -> Tuple[TargetResolution, ...]:
     """Resolve each target in order; a region chosen for one target is not chosen again."""
     taken: List[int] = []
     resolutions = []
