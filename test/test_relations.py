@@ -118,7 +118,6 @@ def test_above_below_and_inside() -> None:
     assert best("the book under the shelf", things) == [2]
     assert best("the apple on the tray", things) == [4]
     assert best("the apple in the tray", things) == [4]
-    assert best("the apple that is not on the tray", things) in ([5], [4])  # "not on": unsupported
     assert best("the apple right of the tray", things) == [5]
 
 
