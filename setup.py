@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["vlm_grasp_locator", "vlm_grasp_locator.*"]),
-    package_data={"vlm_grasp_locator": ["model_configs/*.json", "data/*"]},
+    package_data={"vlm_grasp_locator": ["data/*"], "vlm_grasp_locator.models": ["configs/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "numpy",
@@ -23,9 +23,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "vlm-grasp-locator = vlm_grasp_locator.cli:main",
-            "grasp_locator_node = vlm_grasp_locator.node:main",
-            "grasp_locator_lifecycle_node = vlm_grasp_locator.lifecycle_node:main",
+            "vlm-grasp-locator = vlm_grasp_locator.tools.cli:main",
+            "grasp_locator_node = vlm_grasp_locator.ros.node:main",
+            "grasp_locator_lifecycle_node = vlm_grasp_locator.ros.lifecycle_node:main",
         ],
     },
 )

@@ -46,23 +46,25 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the package, and test/ for the founding composition (reference_pipeline.py)
+for path in (ROOT, ROOT / "test"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from vlm_grasp_locator.cpu_threads import torch_threads  # noqa: E402
-from vlm_grasp_locator.crop_scoring import NEGATIVE_PHRASES, PROMPT_TEMPLATES  # noqa: E402
-from vlm_grasp_locator.locator import Locator, LocatorConfig  # noqa: E402
-from vlm_grasp_locator.model_tuning import tune_image_encoder  # noqa: E402
-from vlm_grasp_locator.models import load_models  # noqa: E402
-from vlm_grasp_locator.mask_proposals import MaskProposer, PROMPT_BATCH, ProposalSettings, Proposals  # noqa: E402
-from vlm_grasp_locator.reference_pipeline import reference_crop_embeddings, reference_proposals  # noqa: E402
-from vlm_grasp_locator.sam_decoder import FastMaskDecoder  # noqa: E402
-from vlm_grasp_locator.text_encoder import encode_text_until_eot  # noqa: E402
+from vlm_grasp_locator.runtime.cpu_threads import torch_threads  # noqa: E402
+from vlm_grasp_locator.pipeline.crop_scoring import NEGATIVE_PHRASES, PROMPT_TEMPLATES  # noqa: E402
+from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig  # noqa: E402
+from vlm_grasp_locator.models.tuning import tune_image_encoder  # noqa: E402
+from vlm_grasp_locator.models.registry import load_models  # noqa: E402
+from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, PROMPT_BATCH, ProposalSettings, Proposals  # noqa: E402
+from reference_pipeline import reference_crop_embeddings, reference_proposals  # noqa: E402
+from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder  # noqa: E402
+from vlm_grasp_locator.models.text_encoder import encode_text_until_eot  # noqa: E402
 
 IMAGE = ROOT / "vlm_grasp_locator" / "data" / "coffee.png"
 FOUNDING_IOU_THRESH = 0.8

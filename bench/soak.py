@@ -3,7 +3,7 @@
 
     python bench/soak.py [--minutes 5] [--seconds S] [--points-per-side 16] [--log-dir DIR]
 
-The node (``python -m vlm_grasp_locator.node``) runs on a private ROS domain with random
+The node (``python -m vlm_grasp_locator.ros.node``) runs on a private ROS domain with random
 weights on the CPU, default settings except the thresholds that random weights would
 never pass. This script streams 640x480 rgb8 frames (sensor-data QoS, stamped with the
 send time, every frame's pixels a little different like a real sensor's), sends a command
@@ -74,7 +74,7 @@ def frame_bank(count: int = 8) -> List[Any]:
     import cv2
     import numpy as np
 
-    from vlm_grasp_locator.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
 
     base = cv2.resize(load_rgb(SAMPLE_IMAGE), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
     bank = []
@@ -201,7 +201,7 @@ class SoakClient:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from vlm_grasp_locator.ros_messages import MsgTypes
+        from vlm_grasp_locator.ros.messages import MsgTypes
 
         types = MsgTypes.load()
         self.context = rclpy.Context()
@@ -343,8 +343,8 @@ def environment(values: Dict[str, str]) -> Iterator[None]:
 
 
 def run_soak(args: argparse.Namespace) -> RunRecord:
-    from vlm_grasp_locator.command_parser import parse_command
-    from vlm_grasp_locator.demo import NodeProcess, reserve_domain_id
+    from vlm_grasp_locator.core.command_parser import parse_command
+    from vlm_grasp_locator.tools.demo import NodeProcess, reserve_domain_id
 
     duration = args.seconds if args.seconds is not None else args.minutes * 60.0
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="soak_"))

@@ -10,7 +10,7 @@ start with Iron; Jazzy and later ship ``ros-<distro>-moveit-py``). On Humble, pl
 move_group action (moveit_msgs/action/MoveGroup) or a C++ MoveGroupInterface node
 instead; the rclpy parts here (``get_logger().warning``, QoS, parameters) exist in Humble.
 
-Pose convention (see vlm_grasp_locator.grasp_geometry): the pose is in the camera's
+Pose convention (see vlm_grasp_locator.core.grasp_geometry): the pose is in the camera's
 optical frame; its local +z is the approach direction (the camera's viewing ray), +y
 the gripper's closing direction and +x the object's long axis. That matches e.g. the
 Panda hand (fingers along y, approach along z); map it to your gripper's link if not.

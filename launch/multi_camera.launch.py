@@ -18,7 +18,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vlm_grasp_locator.launch_support import (
+from vlm_grasp_locator.ros.launch_support import (
     declare_parameter_arguments,
     is_managed,
     parameter_overrides,

@@ -1,41 +1,31 @@
-"""Shared fixtures: real architectures with random weights, built once per session."""
+"""Markers by folder, and an empty model cache for every test and node process.
+
+The folders are the layers of the suite: ``unit`` (no DDS; pure code and the real
+architectures with random weights), ``ros`` (nodes over DDS, the launch files and the
+``ros2`` tools), ``system`` (colcon builds, the benchmark and soak smoke runs, install
+scripts). ``pytest -m unit`` runs the first alone. Nothing here imports torch or rclpy.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import List
 
-import numpy as np
 import pytest
-import torch
 
-from vlm_grasp_locator.locator import Locator, LocatorConfig
-
-# Coarse grid and no quality thresholds: random weights still leave masks to score,
-# and MobileSAM's encoder (the same cost for any image size) runs as rarely as possible.
-SMALL_PIPELINE = dict(
-    device="cpu",
-    allow_random_weights=True,
-    points_per_side=4,
-    pred_iou_thresh=0.0,
-    stability_score_thresh=0.0,
-    min_mask_region_area=0,
-    score_threshold=0.0,
-    num_threads=2,
-)
+LAYERS = ("unit", "ros", "system")
 
 
-def synthetic_scene(height: int = 240, width: int = 320, seed: int = 0) -> np.ndarray:
-    """Grey table with three clearly separate coloured blocks, a little noise."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 190, dtype=np.int16)
-    image[height // 10 : height * 4 // 10, width // 10 : width * 4 // 10] = (220, 30, 30)
-    image[height // 2 : height * 9 // 10, width // 2 : width * 9 // 10] = (30, 30, 220)
-    image[height // 5 : height * 6 // 10, width * 6 // 10 : width * 8 // 10] = (30, 160, 30)
-    image += rng.integers(-8, 9, image.shape, dtype=np.int16)
-    return image.clip(0, 255).astype(np.uint8)
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(here).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_real_checkpoints(tmp_path_factory):
+def no_real_checkpoints(tmp_path_factory: pytest.TempPathFactory):
     """An empty model cache, so every run (and every node process) uses random weights
     the same way, whatever a developer has downloaded."""
     saved = os.environ.get("XDG_CACHE_HOME")
@@ -45,14 +35,3 @@ def no_real_checkpoints(tmp_path_factory):
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = saved
-
-
-@pytest.fixture(scope="session")
-def scene() -> np.ndarray:
-    return synthetic_scene()
-
-
-@pytest.fixture(scope="session")
-def locator() -> Locator:
-    torch.set_num_threads(2)
-    return Locator.from_config(LocatorConfig(**SMALL_PIPELINE))

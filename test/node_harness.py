@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vlm_grasp_locator.demo import (
+from vlm_grasp_locator.tools.demo import (
     LocatorClient,
     NodeProcess,
     array_to_image_msg,
@@ -218,8 +218,8 @@ class ScriptedLocator:
         self.calls: list = []
 
     def locate(self, image: np.ndarray, command: str, on_stage: Any = None) -> Any:
-        from vlm_grasp_locator.command_parser import parse_command
-        from vlm_grasp_locator.locator import Detection, LocateResult
+        from vlm_grasp_locator.core.command_parser import parse_command
+        from vlm_grasp_locator.pipeline.locator import Detection, LocateResult
 
         report = on_stage or (lambda stage, progress: None)
         self.calls.append(command)

@@ -1,7 +1,9 @@
 """Language-guided object localisation for grasping: MobileSAM proposals scored by TinyCLIP.
 
-The pure core (``vlm_grasp_locator.locator``) needs no ROS; the ROS node lives in
-``vlm_grasp_locator.node``. Nothing is imported or loaded here.
+Layers, each a subpackage, importing only the ones listed before it:
+``core`` (numpy/OpenCV) <- ``models`` (torch) <- ``runtime`` <- ``pipeline`` (``Locator``)
+<- ``backends`` <- ``service`` <- ``ros`` (rclpy) and ``tools`` (CLI, demo).
+Nothing is imported or loaded here.
 """
 # colcon installs the generated messages (``vlm_grasp_locator.msg``) into the
 # workspace's site-packages, while a developer may import the Python sources from

@@ -1,0 +1,339 @@
+"""LocateResult -> ROS messages (Detection2DArray, GraspTarget, Image; with depth:
+PoseStamped, PointCloud2, MarkerArray).
+
+Pure conversion: the message classes come in through :class:`MsgTypes`, so this module
+imports no ROS package itself and the tests may pass stand-ins. No node logic here.
+"""
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from vlm_grasp_locator.ros.encodings import mask_to_mono8_fields, rgb_to_image_fields
+
+
+@dataclass(frozen=True)
+class MsgTypes:
+    """The message classes the conversions build."""
+
+    image: type
+    header: type
+    detection_array: type
+    detection: type
+    hypothesis: type
+    grasp_target: type
+    # Depth outputs (None where not loaded: only the 2D messages can be built then).
+    pose_stamped: Optional[type] = None
+    point_cloud: Optional[type] = None
+    point_field: Optional[type] = None
+    marker_array: Optional[type] = None
+    marker: Optional[type] = None
+
+    @classmethod
+    def load(cls, depth: bool = False) -> "MsgTypes":
+        """The real classes (needs vision_msgs and the built vlm_grasp_locator messages).
+
+        ``depth``: also geometry_msgs/PoseStamped, sensor_msgs/PointCloud2 and
+        visualization_msgs/MarkerArray.
+        """
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+        from vlm_grasp_locator.msg import GraspTarget
+
+        extra: dict = {}
+        if depth:
+            from geometry_msgs.msg import PoseStamped
+            from sensor_msgs.msg import PointCloud2, PointField
+            from visualization_msgs.msg import Marker, MarkerArray
+
+            extra = dict(pose_stamped=PoseStamped, point_cloud=PointCloud2,
+                         point_field=PointField, marker_array=MarkerArray, marker=Marker)
+        return cls(Image, Header, Detection2DArray, Detection2D, ObjectHypothesisWithPose,
+                   GraspTarget, **extra)
+
+
+def copy_header(header: Any, header_cls: Optional[type] = None) -> Any:
+    """A fresh header with the same stamp and frame_id (outputs never share one object)."""
+    cls = header_cls or type(header)
+    out = cls()
+    out.stamp.sec = header.stamp.sec
+    out.stamp.nanosec = header.stamp.nanosec
+    out.frame_id = header.frame_id
+    return out
+
+
+def _uint8_array(data: Any) -> array.array:
+    """Image data as ``array.array('B')``: the fast path of the generated setter."""
+    if isinstance(data, array.array) and data.typecode == "B":
+        return data
+    if isinstance(data, np.ndarray):
+        return array.array("B", np.ascontiguousarray(data, dtype=np.uint8).tobytes())
+    return array.array("B", bytes(data))
+
+
+def image_from_fields(types: MsgTypes, header: Any, fields: dict) -> Any:
+    """An Image message from a ``rgb_to_image_fields``-style dict."""
+    msg = types.image()
+    msg.header = copy_header(header, types.header)
+    msg.height = int(fields["height"])
+    msg.width = int(fields["width"])
+    msg.encoding = str(fields["encoding"])
+    msg.is_bigendian = int(fields.get("is_bigendian", 0))
+    msg.step = int(fields["step"])
+    msg.data = _uint8_array(fields["data"])
+    return msg
+
+
+def rgb_image_msg(types: MsgTypes, header: Any, rgb: np.ndarray) -> Any:
+    """An rgb8 Image of an HxWx3 uint8 array."""
+    return image_from_fields(types, header, rgb_to_image_fields(rgb))
+
+
+def mask_image_msg(types: MsgTypes, header: Any, mask: np.ndarray) -> Any:
+    """A mono8 Image of a boolean mask (255 on the object)."""
+    return image_from_fields(types, header, mask_to_mono8_fields(mask))
+
+
+def empty_image_msg(types: MsgTypes, header: Any) -> Any:
+    """A zero-size Image carrying only the header (the mask of a not-found answer)."""
+    msg = types.image()
+    msg.header = copy_header(header, types.header)
+    return msg
+
+
+def detection_msg(types: MsgTypes, header: Any, detection: Any, rank: int) -> Any:
+    """One Detection2D: box centre/size in source pixels, hypothesis = (target phrase, score)."""
+    x0, y0, x1, y1 = (float(v) for v in detection.box_xyxy)
+    msg = types.detection()
+    msg.header = copy_header(header, types.header)
+    msg.id = str(rank)
+    center = msg.bbox.center
+    if hasattr(center, "position"):  # vision_msgs >= 4: vision_msgs/Pose2D
+        center.position.x = (x0 + x1) / 2.0
+        center.position.y = (y0 + y1) / 2.0
+    else:  # older vision_msgs: geometry_msgs/Pose2D
+        center.x = (x0 + x1) / 2.0
+        center.y = (y0 + y1) / 2.0
+    center.theta = 0.0
+    msg.bbox.size_x = max(0.0, x1 - x0)
+    msg.bbox.size_y = max(0.0, y1 - y0)
+    hyp = types.hypothesis()
+    hyp.hypothesis.class_id = str(detection.label)
+    hyp.hypothesis.score = float(detection.score)
+    msg.results = [hyp]
+    return msg
+
+
+def detection_array_msg(types: MsgTypes, header: Any, detections: Sequence[Any]) -> Any:
+    """A Detection2DArray, one Detection2D per detection, best (highest score) first."""
+    ranked = sorted(detections, key=lambda d: float(d.score), reverse=True)
+    msg = types.detection_array()
+    msg.header = copy_header(header, types.header)
+    msg.detections = [detection_msg(types, header, d, rank) for rank, d in enumerate(ranked)]
+    return msg
+
+
+def grasp_target_msg(
+    types: MsgTypes,
+    header: Any,
+    *,
+    command: str,
+    target: Optional[str],
+    found: bool,
+    reason: str,
+    detection: Any = None,
+    mask: Any = None,
+) -> Any:
+    """A GraspTarget; ``detection``/``mask`` are messages (defaults: empty, with the header)."""
+    msg = types.grasp_target()
+    msg.header = copy_header(header, types.header)
+    msg.command = command
+    msg.target = target or ""
+    msg.found = bool(found)
+    msg.reason = reason
+    if detection is None:
+        detection = types.detection()
+        detection.header = copy_header(header, types.header)
+    msg.detection = detection
+    msg.mask = mask if mask is not None else empty_image_msg(types, header)
+    msg.pose_valid = False  # no depth yet
+    msg.pose.header = copy_header(header, types.header)
+    return msg
+
+
+@dataclass
+class Answer:
+    """Everything published for one answer; all but ``detections``/``grasp_target`` may be None."""
+
+    detections: Any
+    grasp_target: Any
+    mask: Any = None
+    overlay: Any = None
+    pose: Any = None  # PoseStamped (depth only)
+    cloud: Any = None  # PointCloud2 (depth only)
+    markers: Any = None  # MarkerArray (depth only)
+
+
+def best_detection(result: Any) -> Any:
+    """The detection the answer is about (highest score), or None when nothing was found."""
+    if not result.found or not result.detections:
+        return None
+    return max(result.detections, key=lambda d: float(d.score))
+
+
+def result_messages(
+    types: MsgTypes,
+    header: Any,
+    result: Any,
+    command: str,
+    *,
+    overlay_rgb: Optional[np.ndarray] = None,
+) -> Answer:
+    """All messages for a ``LocateResult`` computed on the frame with ``header``.
+
+    The mask topic gets the best mask, or an all-zero mask of image size when nothing
+    was found (so a consumer always gets one mask per located frame).
+    """
+    detections = list(result.detections) if result.found else []
+    array_msg = detection_array_msg(types, header, detections)
+    w, h = (int(v) for v in result.image_size)
+    if array_msg.detections:
+        best = best_detection(result)
+        mask_msg = mask_image_msg(types, header, np.asarray(best.mask, dtype=bool))
+        target_msg = grasp_target_msg(
+            types, header, command=command, target=result.target, found=True, reason="",
+            detection=array_msg.detections[0], mask=mask_msg,
+        )
+    else:
+        mask_msg = mask_image_msg(types, header, np.zeros((h, w), dtype=bool))
+        reason = result.reason or "no detection"
+        target_msg = grasp_target_msg(
+            types, header, command=command, target=result.target, found=False, reason=reason,
+        )
+    overlay_msg = rgb_image_msg(types, header, overlay_rgb) if overlay_rgb is not None else None
+    return Answer(array_msg, target_msg, mask_msg, overlay_msg)
+
+
+def not_found_messages(
+    types: MsgTypes, header: Any, command: str, target: Optional[str], reason: str
+) -> Answer:
+    """An answer without inference: empty detections and found=false with the reason."""
+    return Answer(
+        detection_array_msg(types, header, []),
+        grasp_target_msg(types, header, command=command, target=target, found=False,
+                         reason=reason),
+    )
+
+
+# ---------------------------------------------------------------------- depth outputs
+MARKER_NS = "grasp_locator"
+ARROW_LENGTH_M = 0.1
+
+
+def pose_stamped_msg(types: MsgTypes, header: Any, grasp_pose: Any) -> Any:
+    """A PoseStamped of a ``GraspPose`` (position + orientation in ``header``'s frame)."""
+    msg = types.pose_stamped()
+    msg.header = copy_header(header, types.header)
+    p, q = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in grasp_pose.position)
+    q.x, q.y, q.z, q.w = (float(v) for v in grasp_pose.orientation_xyzw)
+    return msg
+
+
+def set_pose(types: MsgTypes, target_msg: Any, header: Any, grasp_pose: Any) -> Any:
+    """Fill ``GraspTarget.pose`` from a ``GraspPose`` and set pose_valid; returns the pose."""
+    pose = pose_stamped_msg(types, header, grasp_pose)
+    target_msg.pose = pose
+    target_msg.pose_valid = True
+    return pose
+
+
+def set_pose_invalid(target_msg: Any, reason: str) -> None:
+    """pose_valid=false; the reason goes into GraspTarget.reason (kept alongside any other)."""
+    target_msg.pose_valid = False
+    target_msg.reason = f"{target_msg.reason}; {reason}" if target_msg.reason else reason
+
+
+def point_cloud_msg(types: MsgTypes, header: Any, points: np.ndarray) -> Any:
+    """An unorganised PointCloud2 (x, y, z float32, point_step 12) of the finite ``points``."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    pts = np.ascontiguousarray(pts[np.isfinite(pts).all(axis=1)], dtype="<f4")
+    msg = types.point_cloud()
+    msg.header = copy_header(header, types.header)
+    msg.height = 1
+    msg.width = int(pts.shape[0])
+    fields = []
+    for i, name in enumerate("xyz"):
+        f = types.point_field()
+        f.name = name
+        f.offset = 4 * i
+        f.datatype = 7  # PointField.FLOAT32
+        f.count = 1
+        fields.append(f)
+    msg.fields = fields
+    msg.is_bigendian = False
+    msg.point_step = 12
+    msg.row_step = 12 * msg.width
+    msg.is_dense = True
+    msg.data = _uint8_array(pts.tobytes())
+    return msg
+
+
+def _marker(types: MsgTypes, header: Any, marker_id: int, kind: int,
+            rgba: Sequence[float]) -> Any:
+    m = types.marker()
+    m.header = copy_header(header, types.header)
+    m.ns = MARKER_NS
+    m.id = marker_id
+    m.type = kind
+    m.action = 0  # ADD
+    m.pose.orientation.w = 1.0
+    m.color.r, m.color.g, m.color.b, m.color.a = (float(v) for v in rgba)
+    return m
+
+
+def marker_array_msg(types: MsgTypes, header: Any, grasp_pose: Any, label: str,
+                     score: float) -> Any:
+    """SPHERE at the grasp point (id 0), ARROW along the closing axis (id 1), TEXT label (id 2).
+
+    The closing axis is perpendicular to the object's long axis in the optical frame:
+    direction (-sin yaw, cos yaw, 0).
+    """
+    M = types.marker
+    x, y, z = (float(v) for v in grasp_pose.position)
+    sphere = _marker(types, header, 0, M.SPHERE, (0.1, 0.9, 0.1, 0.9))
+    sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z = x, y, z
+    sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.02
+
+    arrow = _marker(types, header, 1, M.ARROW, (0.9, 0.6, 0.1, 0.9))
+    dx, dy = -np.sin(grasp_pose.yaw), np.cos(grasp_pose.yaw)
+    start, end = types.marker().pose.position, types.marker().pose.position
+    start.x, start.y, start.z = x, y, z
+    end.x, end.y, end.z = x + ARROW_LENGTH_M * float(dx), y + ARROW_LENGTH_M * float(dy), z
+    arrow.points = [start, end]
+    arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.01, 0.02  # shaft, head dia, head len
+
+    text = _marker(types, header, 2, M.TEXT_VIEW_FACING, (1.0, 1.0, 1.0, 1.0))
+    text.pose.position.x, text.pose.position.y, text.pose.position.z = x, y - 0.04, z
+    text.scale.z = 0.03
+    text.text = f"{label} {float(score):.2f}"
+
+    msg = types.marker_array()
+    msg.markers = [sphere, arrow, text]
+    return msg
+
+
+def clear_markers_msg(types: MsgTypes, header: Any) -> Any:
+    """A MarkerArray deleting this node's markers (no valid pose for the latest answer)."""
+    m = types.marker()
+    m.header = copy_header(header, types.header)
+    m.ns = MARKER_NS
+    m.action = 3  # DELETEALL
+    msg = types.marker_array()
+    msg.markers = [m]
+    return msg

@@ -1,0 +1,1 @@
+"""Entry points outside ROS launch: the ``vlm-grasp-locator`` CLI and the demo."""
