@@ -71,7 +71,8 @@ class Ros2Launch:
     def wait_exit(self, timeout_s: float) -> int:
         return self.proc.wait(timeout_s)
 
-    def run(self, line: str, timeout_s: float = 60.0, retries: int = 3) -> "subprocess.CompletedProcess[str]":
+    def run(self, line: str, timeout_s: float = 60.0,
+            retries: int = 3) -> "subprocess.CompletedProcess[str]":
         return run_ros2(line, self.env, timeout_s=timeout_s, retries=retries)
 
     def stop(self, timeout_s: float = 20.0) -> int:

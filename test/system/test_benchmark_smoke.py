@@ -15,14 +15,16 @@ from vlm_grasp_locator.pipeline.locator import FAST_SCORED_CROPS, LocatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = (
-    "speedup_exact", "best_box_iou", "repeat_command_ms", "peak_rss_mb", "reference_ms", "package_ms",
+    "speedup_exact", "best_box_iou", "repeat_command_ms", "peak_rss_mb", "reference_ms",
+    "package_ms",
     "speedup_fast", "fast_ms", "fast_prompts", "fast_crops", "fast_best_box_iou",
 )
 
 
 @pytest.fixture(scope="module")
 def summary() -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     # < 60 s on an idle 2-core machine; the limit leaves room for a busy one.
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "benchmark.py"), "--quick"],
@@ -37,7 +39,8 @@ def summary() -> dict:
 def test_summary_has_the_keys(summary):
     for key in REQUIRED:
         assert key in summary, key
-        assert isinstance(summary[key], (int, float)) and math.isfinite(summary[key]), (key, summary[key])
+        value = summary[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
     assert summary["sizes"] and summary["size"] in summary["sizes"]
 
 
@@ -63,7 +66,8 @@ def test_values_are_sane(summary):
 @pytest.fixture()
 def benchmark_module(monkeypatch):
     """bench/benchmark.py imported as a module (nothing runs at import)."""
-    spec = importlib.util.spec_from_file_location("benchmark_under_test", ROOT / "bench" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark_under_test",
+                                                  ROOT / "bench" / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
@@ -72,7 +76,8 @@ def benchmark_module(monkeypatch):
 
 def test_missing_onnx_models_skip_the_optional_row(benchmark_module, tmp_path, capsys):
     """--backend-onnx with an empty folder: the row is skipped with the reason, nothing fails."""
-    config = benchmark_module.LocatorConfig(device="cpu")  # no random weights: missing models are an error
+    # no random weights: missing models are an error
+    config = benchmark_module.LocatorConfig(device="cpu")
     rows = benchmark_module.onnx_locators(config, config, str(tmp_path / "no-models"))
     assert rows == {}
     assert "ONNX Runtime row skipped" in capsys.readouterr().out
@@ -84,7 +89,8 @@ def test_every_extra_row_prints_and_goes_into_the_json(benchmark_module):
         "ms": {"total": 2000.0, "encoder": 0.0, "masks": 2000.0, "cpu": 2500.0},
         "gflop": {"encoder": 0.0, "masks": 0.0, "total": 0.0},
         "stage_ms": {"relevance": 300.0, "proposals": 1500.0, "crops": 200.0, "text": 1.0},
-        "prompts": 12, "crops": 6, "best_box_iou": 0.5, "new_target_ms": 1700.0, "peak_rss_mb": 1.0,
+        "prompts": 12, "crops": 6, "best_box_iou": 0.5, "new_target_ms": 1700.0,
+        "peak_rss_mb": 1.0,
     }
     reference = {"total": 40000.0, "cpu": 42000.0}
     for name in benchmark_module.LOCATE_ROWS:

@@ -167,7 +167,7 @@ def test_messages_import_from_the_workspace(workspace: Path) -> None:
     site_package = install / PACKAGE / "lib" / python / "site-packages" / PACKAGE
     assert Path(found["msg"]).parent.parent == site_package
     assert Path(found["action"]).parent.parent == site_package
-    assert Path(found["node"]) == site_package / "node.py"
+    assert Path(found["node"]) == site_package / "ros" / "node.py"
     # Our __init__.py (pkgutil.extend_path) must replace rosidl's empty one.
     assert Path(found["package_init"]) == site_package / "__init__.py"
     ours = (REPO / PACKAGE / "__init__.py").read_text()
@@ -188,6 +188,25 @@ def test_ros2_run_executables(workspace: Path, executable: str, module: str) -> 
     text = wrapper.read_text()
     assert text.startswith(f"#!{sys.executable}\n")
     assert f"from {module} import main" in text
+
+
+def test_colcon_test_runs_the_suite(workspace: Path) -> None:
+    """`colcon test` knows the suite's four ctests; the lint one runs and passes here
+    (the others are the suite this run is part of)."""
+    env = _underlay_environment()
+    listed = subprocess.run(["ctest", "-N"], cwd=workspace / "build" / PACKAGE, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("lint", "unit", "ros", "system"):
+        assert f": {name}\n" in listed.stdout + "\n", listed.stdout
+    colcon = shutil.which("colcon") or "colcon"
+    ran = subprocess.run([colcon, "test", "--ctest-args", "-R", "^lint$"], cwd=workspace,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    result = subprocess.run([colcon, "test-result", "--all", "--verbose"], cwd=workspace,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "0 errors, 0 failures" in result.stdout, result.stdout[-4000:]
 
 
 def test_launch_and_config_installed(workspace: Path) -> None:

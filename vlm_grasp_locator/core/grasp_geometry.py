@@ -297,4 +297,3 @@ def _normalise_yaw(yaw: float) -> float:
     elif yaw <= -math.pi / 2:
         yaw += math.pi
     return yaw
-

@@ -33,7 +33,8 @@ def draw_overlay(image_rgb: np.ndarray, result, *, random_weights: bool = False)
         cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, thickness)
         _label(out, f"{det.label} {det.score:.2f}", (x0, y0), colour, font_scale, thickness)
     if not result.found:
-        _label(out, f"not found: {result.reason}"[:80], (0, 0), (230, 60, 60), font_scale, thickness)
+        _label(out, f"not found: {result.reason}"[:80], (0, 0), (230, 60, 60), font_scale,
+               thickness)
     if random_weights:
         _banner(out, RANDOM_WEIGHTS_BANNER, font_scale, thickness)
     return out
@@ -49,10 +50,12 @@ def _banner(image: np.ndarray, text: str, font_scale: float, thickness: int) -> 
                 (255, 255, 255), thickness, cv2.LINE_AA)
 
 
-def _label(image: np.ndarray, text: str, corner: Tuple[int, int], colour, font_scale: float, thickness: int) -> None:
+def _label(image: np.ndarray, text: str, corner: Tuple[int, int], colour: Tuple[int, int, int],
+           font_scale: float, thickness: int) -> None:
     """Text on a filled box just above ``corner`` (or below it at the image's top edge)."""
     (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
     x, y = corner
     top = y - th - baseline - 2 if y - th - baseline - 2 >= 0 else y
     cv2.rectangle(image, (x, top), (x + tw + 2, top + th + baseline + 2), colour, -1)
-    cv2.putText(image, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    cv2.putText(image, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                (0, 0, 0), thickness, cv2.LINE_AA)
