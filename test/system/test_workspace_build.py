@@ -150,12 +150,13 @@ def test_only_the_package_is_discovered(workspace: Path) -> None:
     assert installed == [PACKAGE]
 
 
-def test_messages_import_from_the_workspace(workspace: Path) -> None:
-    install = workspace / "install"
+def _import_probe(ws: Path) -> tuple[dict, Path]:
+    """IMPORT_PROBE's findings with ws's install sourced, and the package's site-packages."""
+    install = ws / "install"
     command = '. "$1/setup.bash" && exec "$2" -c "$3"'
     probe = subprocess.run(
         ["bash", "-c", command, "_", install, sys.executable, IMPORT_PROBE],
-        cwd=workspace,  # not the repository: `python -c` puts the cwd first on sys.path
+        cwd=ws,  # not the repository: `python -c` puts the cwd first on sys.path
         env=_underlay_environment(),
         capture_output=True,
         text=True,
@@ -164,7 +165,11 @@ def test_messages_import_from_the_workspace(workspace: Path) -> None:
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    site_package = install / PACKAGE / "lib" / python / "site-packages" / PACKAGE
+    return found, install / PACKAGE / "lib" / python / "site-packages" / PACKAGE
+
+
+def test_messages_import_from_the_workspace(workspace: Path) -> None:
+    found, site_package = _import_probe(workspace)
     assert Path(found["msg"]).parent.parent == site_package
     assert Path(found["action"]).parent.parent == site_package
     assert Path(found["node"]) == site_package / "ros" / "node.py"
@@ -243,18 +248,5 @@ def test_exported_python_library_names_no_build_paths(
 
 
 def test_aptlike_build_messages_import(aptlike_workspace: Path) -> None:
-    install = aptlike_workspace / "install"
-    command = '. "$1/setup.bash" && exec "$2" -c "$3"'
-    probe = subprocess.run(
-        ["bash", "-c", command, "_", install, sys.executable, IMPORT_PROBE],
-        cwd=aptlike_workspace,
-        env=_underlay_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert probe.returncode == 0, probe.stderr
-    found = json.loads(probe.stdout.strip().splitlines()[-1])
-    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    site_package = install / PACKAGE / "lib" / python / "site-packages" / PACKAGE
+    found, site_package = _import_probe(aptlike_workspace)
     assert Path(found["msg"]).parent.parent == site_package
