@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["vlm_grasp_locator", "vlm_grasp_locator.*"]),
-    package_data={"vlm_grasp_locator": ["data/*"], "vlm_grasp_locator.models": ["configs/*.json"]},
+    package_data={"vlm_grasp_locator": ["data/*", "data/eval/*"], "vlm_grasp_locator.models": ["configs/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "numpy",
