@@ -215,7 +215,11 @@ class ScriptedLocator:
         self.gate = threading.Event()
         self.gate.set()
         self.fail_next = False
-        self.calls: list = []
+        self.calls: List[str] = []
+        self.cleared = 0
+
+    def clear_cache(self) -> None:
+        self.cleared += 1
 
     def locate(self, image: np.ndarray, command: str, on_stage: Any = None) -> Any:
         from vlm_grasp_locator.core.command_parser import parse_command

@@ -688,15 +688,14 @@ def test_checker_accepts_the_same_apis_in_jazzy(tmp_path: Path) -> None:
 
 
 def test_reference_skips_cleanly_without_shared(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+                                                tmp_path: Path) -> None:
     monkeypatch.setattr(sys.modules[__name__], "REFERENCE", tmp_path / "absent")
     with pytest.raises(pytest.skip.Exception, match="absent"):
         _reference("humble")
 
 
 # ------------------------------------------------------------------ Humble's parameter path
-def test_node_validates_then_applies_parameters_without_post_set_callbacks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_node_validates_then_applies_parameters_without_post_set_callbacks() -> None:
     """The node as on Humble (no add_post_set_parameters_callback): a rejected value
     changes nothing, an accepted one reaches the settings, in one on-set callback."""
     rclpy = pytest.importorskip("rclpy")
@@ -705,7 +704,6 @@ def test_node_validates_then_applies_parameters_without_post_set_callbacks(
         from rclpy.signals import SignalHandlerOptions
 
         from node_harness import ScriptedLocator, reserve_domain_id
-        from vlm_grasp_locator.pipeline import locator as core
         from vlm_grasp_locator.ros.node import GraspLocatorNode
     except ImportError as e:
         pytest.skip(f"the node's messages are not importable ({e}): run scripts/setup.sh")
@@ -721,29 +719,28 @@ def test_node_validates_then_applies_parameters_without_post_set_callbacks(
 
     registered: List[object] = []
     fake = ScriptedLocator()
-    monkeypatch.setattr(core.Locator, "from_config", classmethod(lambda cls, cfg: fake))
     domain_id, lock = reserve_domain_id()
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id,
                signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = HumbleLikeNode(context=context)
+        node = HumbleLikeNode(locator_factory=lambda config: fake, context=context)
         ours = [c for c in registered if "GraspLocator" in getattr(c, "__qualname__", "")]
         assert [c.__name__ for c in ours] == ["check_then_apply"]  # type: ignore[attr-defined]
-        assert node._settings.max_image_age == 2.0
+        assert node.settings.max_image_age == 2.0
 
         rejected = node.set_parameters([Parameter("max_image_age", value=-1.0)])
         assert not rejected[0].successful
         assert "max_image_age" in rejected[0].reason
-        assert node._settings.max_image_age == 2.0
+        assert node.settings.max_image_age == 2.0
         assert node.get_parameter("max_image_age").value == 2.0
 
         accepted = node.set_parameters([Parameter("max_image_age", value=5.0),
                                         Parameter("continuous", value=True)])
         assert all(r.successful for r in accepted)
-        assert node._settings.max_image_age == 5.0
-        assert node._settings.continuous is True
+        assert node.settings.max_image_age == 5.0
+        assert node.settings.continuous is True
         assert node.get_parameter("max_image_age").value == 5.0
     finally:
         if node is not None:

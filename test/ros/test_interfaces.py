@@ -57,7 +57,7 @@ def test_grasp_target_fields() -> None:
 
 def test_locate_action_fields() -> None:
     assert Locate.Goal.get_fields_and_field_types() == {"command": "string",
-                                                         "include_mask": "boolean"}
+                                                        "include_mask": "boolean"}
     assert Locate.Goal().include_mask is False  # the mask only on request
     assert Locate.Result.get_fields_and_field_types() == {
         "target": "vlm_grasp_locator/GraspTarget"

@@ -204,6 +204,7 @@ def test_odd_commands_each_answered_once_then_a_good_one_works(node: RunningNode
     _assert_header(answer, header)
     answers = client.received["grasp_target"][start:]
     assert [m.command for m in answers] == ODD_COMMANDS + ["take the cup"]
+
     # each odd answer came with an empty detections array (stamped like the last frame)
     def arrays() -> list:
         return client.outputs_for("detections", header)
@@ -332,7 +333,7 @@ def test_bad_parameter_exits_naming_it(override: str, name: str) -> None:
 
 # ------------------------------------------------------------ in-process, scripted core
 @pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def scripted() -> Iterator[Any]:
     """The real node class in this process, its core replaced by a ScriptedLocator."""
     import threading
     from types import SimpleNamespace
@@ -343,11 +344,9 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from rclpy.signals import SignalHandlerOptions
 
     from node_harness import LocatorClient, reserve_domain_id
-    from vlm_grasp_locator.pipeline import locator as core
     from vlm_grasp_locator.ros.node import GraspLocatorNode
 
     fake = ScriptedLocator()
-    monkeypatch.setattr(core.Locator, "from_config", classmethod(lambda cls, cfg: fake))
     domain_id, lock = reserve_domain_id()
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id,
@@ -355,7 +354,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     overrides = [Parameter("image_qos", value="reliable"),
                  Parameter("command_wait_timeout", value=1.0),
                  Parameter("max_image_age", value=0.0)]
-    node = GraspLocatorNode(context=context, parameter_overrides=overrides)
+    node = GraspLocatorNode(locator_factory=lambda config: fake, context=context,
+                            parameter_overrides=overrides)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -183,7 +183,7 @@ def test_diagnostics_flag_random_weights_and_count(node: RunningNode) -> None:
 
 # ------------------------------------------------------------ in-process, scripted core
 @pytest.fixture
-def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def scripted() -> Iterator[Any]:
     """The real node class in this process (its core a ScriptedLocator), spun by the
     node's own multi-threaded executor, and a client with an ActionClient."""
     import threading
@@ -194,11 +194,9 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from rclpy.signals import SignalHandlerOptions
 
     from node_harness import LocatorClient, reserve_domain_id
-    from vlm_grasp_locator.pipeline import locator as core
     from vlm_grasp_locator.ros.node import GraspLocatorNode, make_executor
 
     fake = ScriptedLocator()
-    monkeypatch.setattr(core.Locator, "from_config", classmethod(lambda cls, cfg: fake))
     domain_id, lock = reserve_domain_id()
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id,
@@ -206,7 +204,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     overrides = [Parameter("image_qos", value="reliable"),
                  Parameter("command_wait_timeout", value=1.0),
                  Parameter("max_image_age", value=0.0)]
-    node = GraspLocatorNode(context=context, parameter_overrides=overrides)
+    node = GraspLocatorNode(locator_factory=lambda config: fake, context=context,
+                            parameter_overrides=overrides)
     executor = make_executor(context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

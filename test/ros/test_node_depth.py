@@ -207,7 +207,7 @@ def _check_pose(node: DepthNode, answer: Any, stamp: Tuple[int, int], depth_m: n
 
 
 def test_no_camera_info_gives_2d_outputs_and_a_pose_reason(node: DepthNode,
-                                                          rgb: np.ndarray) -> None:
+                                                           rgb: np.ndarray) -> None:
     stamp = next_stamp()  # must run first: no camera_info has been sent yet
     node.send_depth((_depth_m(W, H) * 1000).astype(np.uint16), "16UC1", stamp)
     header = node.send_color(rgb, stamp)
@@ -350,7 +350,7 @@ def test_30hz_streams_during_a_slow_inference_give_the_query_frames_pose(
 
 
 def test_stamps_jumping_back_pair_with_the_new_pass_only(node: DepthNode,
-                                                        rgb: np.ndarray) -> None:
+                                                         rgb: np.ndarray) -> None:
     """A bag replayed with --loop: stamps jump back (here by 5 frames, to 1 ns before the
     first pass's, so the first pass's depth frames, still buffered, are the closest in
     time); the depth is 0.3 m further in the second pass. The answer must use the second

@@ -133,8 +133,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                signal_handler_options=SignalHandlerOptions.NO)
     settings = {**SMALL_PARAMS, "num_threads": 0,  # leave this process's torch threads alone
                 "max_image_age": 0.0, "command_wait_timeout": 5.0}
-    node = GraspLocatorNode(context=context,
-                            parameter_overrides=[Parameter(k, value=v) for k, v in settings.items()])
+    overrides = [Parameter(k, value=v) for k, v in settings.items()]
+    node = GraspLocatorNode(context=context, parameter_overrides=overrides)
     executor = make_executor(context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -1,33 +1,57 @@
-"""The ``locate`` action (vlm_grasp_locator/action/Locate) on top of the node's job queue.
+"""The ``locate`` action (vlm_grasp_locator/action/Locate) on top of the service's job queue.
 
 A goal becomes a :class:`Job` in the same FIFO as topic commands (one worker, one frame
 cache). A goal arriving while the queue is full is rejected at once. Every accepted goal
 gets exactly one result: SUCCEEDED (found or not, with the reason), CANCELED (cancel
-accepted between stages, while waiting for an image or while queued) or ABORTED (the
-node was deactivated or is shutting down). The execute callback only waits for the
-job; it runs in a reentrant callback group of a multi-threaded executor, so waiting
-goals never hold up image reception.
+accepted while queued, while waiting for an image or between stages) or ABORTED (the
+node was deactivated or is shutting down).
+
+Waiting goals hold no thread (as ros2/examples' ``server_queue_goals.py``): an accepted
+goal is only queued; ``goal_handle.execute()`` is called when the worker starts its job
+(or when it ended while still queued), and the execute callback then waits for that one
+job. At most one execute callback waits at a time, whatever the queue holds.
 """
 from __future__ import annotations
 
 import copy
+import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
-from vlm_grasp_locator.service.jobs import ABORTED, CANCELED, Job
+from vlm_grasp_locator.ros.messages import Answer
+from vlm_grasp_locator.service.jobs import Job, JobKind, Outcome, Stage
+from vlm_grasp_locator.service.locator_service import LocatorService, Reply
 
-POLL_S = 0.1  # how often a waiting goal looks for a cancel request
+# A cancel accepted by our callback reaches the goal's state right after the callback
+# returns; a result ready before then waits at most this long for it.
+CANCEL_STATE_WAIT_S = 1.0
+
+
+class _Goal:
+    """One accepted goal: its handle, its job, and whether execute() was called."""
+
+    def __init__(self, handle: Any, job_factory: Callable[["_Goal"], Job]) -> None:
+        self.handle = handle
+        self._executed = False
+        self._lock = threading.Lock()
+        self.job = job_factory(self)
+
+    def claim_execute(self) -> bool:
+        """True the first time only."""
+        with self._lock:
+            first, self._executed = not self._executed, True
+            return first
 
 
 class LocateActionServer:
-    """Glue between rclpy's ActionServer and the node's queue.
+    """Glue between rclpy's ActionServer and the :class:`LocatorService`.
 
-    ``admit()`` says why a new goal must be rejected (None = accept); ``submit(job)``
-    queues a job; ``withdraw(job)`` takes a still-queued job out (True when it was queued).
+    ``admit()`` says why a new goal must be rejected (None = accept);
+    ``not_found(reply)`` builds the GraspTarget of a goal that ended unanswered.
     """
 
-    def __init__(self, node: Any, *, admit: Callable[[], Optional[str]],
-                 submit: Callable[[Job], None], withdraw: Callable[[Job], bool],
+    def __init__(self, node: Any, service: LocatorService, *,
+                 admit: Callable[[], Optional[str]], not_found: Callable[[Reply], Any],
                  name: str = "locate") -> None:
         from rclpy.action import ActionServer
         from rclpy.callback_groups import ReentrantCallbackGroup
@@ -35,7 +59,9 @@ class LocateActionServer:
         from vlm_grasp_locator.action import Locate
 
         self._node = node
-        self._admit, self._submit, self._withdraw = admit, submit, withdraw
+        self._service = service
+        self._admit = admit
+        self._not_found = not_found
         self._Locate = Locate
         self._server = ActionServer(
             node, Locate, name,
@@ -45,6 +71,8 @@ class LocateActionServer:
             cancel_callback=self._on_cancel,
             callback_group=ReentrantCallbackGroup(),
         )
+        self._goals: Dict[bytes, _Goal] = {}  # by goal id, until the result is out
+        self._goals_lock = threading.Lock()
 
     def destroy(self) -> None:
         self._server.destroy()
@@ -60,50 +88,80 @@ class LocateActionServer:
             f"rejecting locate goal {goal.command[:60]!r}: {why}")
         return GoalResponse.REJECT
 
+    def _on_accepted(self, goal_handle: Any) -> None:
+        """Queue the goal's job; no execute yet (no thread waits for a queued goal)."""
+        goal = _Goal(goal_handle, self._make_job)
+        with self._goals_lock:
+            self._goals[bytes(goal_handle.goal_id.uuid)] = goal
+        self._service.submit(goal.job)
+
+    def _make_job(self, goal: _Goal) -> Job:
+        return Job(goal.handle.request.command, JobKind.GOAL, received=time.monotonic(),
+                   feedback=lambda stage, progress: self._feedback(goal, stage, progress),
+                   on_start=lambda job: self._execute(goal),
+                   on_finish=lambda job: self._execute(goal))
+
     def _on_cancel(self, goal_handle: Any) -> Any:
         from rclpy.action import CancelResponse
 
+        with self._goals_lock:
+            goal = self._goals.get(bytes(goal_handle.goal_id.uuid))
+        if goal is not None:
+            self._service.cancel(goal.job)
         return CancelResponse.ACCEPT
-
-    def _on_accepted(self, goal_handle: Any) -> None:
-        job = Job(goal_handle.request.command, time.monotonic(), is_goal=True,
-                  cancel_requested=lambda: goal_handle.is_cancel_requested,
-                  feedback=lambda stage, progress: self._feedback(goal_handle, stage, progress))
-        goal_handle.execute(lambda handle: self._wait(handle, job))
-        self._submit(job)
 
     def _unexpected_execute(self, goal_handle: Any) -> Any:  # pragma: no cover - never used
         goal_handle.abort()
         return self._Locate.Result()
 
     # ------------------------------------------------------------------ goal life
-    @staticmethod
-    def _result_target(goal_handle: Any, job: Job) -> Any:
+    def _execute(self, goal: _Goal) -> None:
+        """Start the goal's execute callback once: its job started, or ended while queued."""
+        if not goal.claim_execute():
+            return
+        if self._node.executor is None:  # the node left its executor: nobody to answer
+            return
+        goal.handle.execute(lambda handle: self._result(goal))
+
+    def _feedback(self, goal: _Goal, stage: Stage, progress: float) -> None:
+        handle = goal.handle
+        if handle.is_active:
+            handle.publish_feedback(self._Locate.Feedback(stage=stage.value,
+                                                          progress=float(progress)))
+
+    def _result(self, goal: _Goal) -> Any:
+        """Execute callback: wait for the job's end (it has started or ended), report it."""
+        handle, job = goal.handle, goal.job
+        job.wait()
+        try:
+            if job.outcome is Outcome.CANCELED:
+                deadline = time.monotonic() + CANCEL_STATE_WAIT_S
+                while not handle.is_cancel_requested and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            result = self._Locate.Result(target=self._result_target(goal))
+            if job.outcome is Outcome.SUCCEEDED:
+                handle.succeed()
+            elif job.outcome is Outcome.CANCELED and handle.is_cancel_requested:
+                handle.canceled()
+            else:
+                handle.abort()
+            return result
+        finally:
+            with self._goals_lock:
+                self._goals.pop(bytes(handle.goal_id.uuid), None)
+
+    def _result_target(self, goal: _Goal) -> Any:
         """The answer, its mask left out unless the goal asked for it."""
-        target = job.target_msg
-        if target is None or goal_handle.request.include_mask:
+        job = goal.job
+        if job.outcome is Outcome.SUCCEEDED and isinstance(job.answer, Answer):
+            target = job.answer.grasp_target
+        else:
+            target = self._not_found(Reply(job.text, None, self._service.newest_frame,
+                                           reason=job.reason))
+        if goal.handle.request.include_mask:
             return target
         from sensor_msgs.msg import Image
 
         target = copy.copy(target)
         target.mask = Image(header=target.mask.header)
         return target
-
-    def _feedback(self, goal_handle: Any, stage: str, progress: float) -> None:
-        if goal_handle.is_active:
-            goal_handle.publish_feedback(self._Locate.Feedback(stage=stage,
-                                                               progress=float(progress)))
-
-    def _wait(self, goal_handle: Any, job: Job) -> Any:
-        """Execute callback: wait for the worker's answer; a queued goal is canceled here."""
-        while not job.done.wait(POLL_S):
-            if goal_handle.is_cancel_requested and self._withdraw(job):
-                self._node.finish_canceled(job, "canceled")
-        result = self._Locate.Result(target=self._result_target(goal_handle, job))
-        if job.outcome == CANCELED and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif job.outcome in (CANCELED, ABORTED):
-            goal_handle.abort()
-        else:
-            goal_handle.succeed()
-        return result

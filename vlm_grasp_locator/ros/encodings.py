@@ -6,7 +6,8 @@ fields, which the ROS layer copies into a real message.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -75,13 +76,26 @@ def _data_bytes(data: Any) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def _raw_view(msg: Any) -> np.ndarray:
-    """The image as an array in the message's byte order; it may share the message's memory."""
+@dataclass(frozen=True)
+class _Layout:
+    dtype: np.dtype
+    channels: int
+    height: int
+    width: int
+    step: int
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * self.channels * self.dtype.itemsize
+
+
+def _layout(msg: Any, encodings: Tuple[str, ...] = SUPPORTED_ENCODINGS) -> _Layout:
+    """The message's pixel layout, checked against its fields (not its data)."""
     encoding = getattr(msg, "encoding", None)
-    if not isinstance(encoding, str) or encoding not in _ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in encodings:
+        kind = "colour image" if encodings == SUPPORTED_COLOR_ENCODINGS else "image"
         raise ValueError(
-            f"unsupported image encoding {encoding!r}; "
-            f"supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            f"unsupported {kind} encoding {encoding!r}; supported: {', '.join(encodings)}"
         )
     base, channels = _ENCODINGS[encoding]
     height, width = _field_int(msg, "height"), _field_int(msg, "width")
@@ -89,18 +103,48 @@ def _raw_view(msg: Any) -> np.ndarray:
     if height <= 0 or width <= 0:
         raise ValueError(f"image height and width must be positive, got {height}x{width}")
     dtype = np.dtype(base).newbyteorder(">" if getattr(msg, "is_bigendian", 0) else "<")
-    row_bytes = width * channels * dtype.itemsize
-    if step < row_bytes:
+    layout = _Layout(dtype, channels, height, width, step)
+    if step < layout.row_bytes:
         raise ValueError(
             f"image step {step} is less than width * bytes per pixel = {width} * "
-            f"{channels * dtype.itemsize} = {row_bytes} for {encoding}"
+            f"{channels * dtype.itemsize} = {layout.row_bytes} for {encoding}"
         )
-    buffer = _data_bytes(getattr(msg, "data", None))
-    if buffer.size < step * height:
+    return layout
+
+
+def _check_size(layout: _Layout, size: int) -> None:
+    if size < layout.step * layout.height:
         raise ValueError(
             "image data too short: expected step * height = "
-            f"{step} * {height} = {step * height} bytes, got {buffer.size}"
+            f"{layout.step} * {layout.height} = {layout.step * layout.height} bytes, got {size}"
         )
+
+
+def check_color_image(msg: Any) -> None:
+    """Raise ValueError unless :func:`image_msg_to_rgb` can decode ``msg``; cheap (reads
+    the fields and the data's length, converts nothing): frames are checked on arrival
+    and decoded only when a query uses them."""
+    layout = _layout(msg, SUPPORTED_COLOR_ENCODINGS)
+    data = getattr(msg, "data", None)
+    size: Optional[int] = None
+    if not isinstance(data, (str, np.ndarray)) or data.dtype == np.uint8:
+        try:
+            size = memoryview(data).nbytes  # raw bytes, as _data_bytes reads them
+        except TypeError:
+            pass
+    if size is None:  # a sequence of ints (or an odd array): checked in full
+        size = _data_bytes(data).size
+    _check_size(layout, size)
+
+
+def _raw_view(msg: Any) -> np.ndarray:
+    """The image as an array in the message's byte order; it may share the message's memory."""
+    layout = _layout(msg)
+    dtype, channels, height, width, step = (layout.dtype, layout.channels, layout.height,
+                                            layout.width, layout.step)
+    row_bytes = layout.row_bytes
+    buffer = _data_bytes(getattr(msg, "data", None))
+    _check_size(layout, buffer.size)
     rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
     pixels = np.ascontiguousarray(rows).view(dtype)  # copies only when rows are padded
     shape = (height, width) if channels == 1 else (height, width, channels)
@@ -119,12 +163,8 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
 
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
     """Decode a colour or mono image message to a new C-contiguous HxWx3 uint8 RGB array."""
-    encoding = getattr(msg, "encoding", None)
-    if not isinstance(encoding, str) or encoding not in SUPPORTED_COLOR_ENCODINGS:
-        raise ValueError(
-            f"unsupported colour image encoding {encoding!r}; "
-            f"supported: {', '.join(SUPPORTED_COLOR_ENCODINGS)}"
-        )
+    _layout(msg, SUPPORTED_COLOR_ENCODINGS)
+    encoding = msg.encoding
     view = _raw_view(msg)
     rgb = to_rgb_uint8(view, channel_order=_CHANNEL_ORDER[encoding])
     if np.shares_memory(rgb, view):  # rgb8 without padding: still the message's bytes

@@ -1,4 +1,4 @@
-"""Layer 5, the locator service without ROS: jobs, their queue and outcomes.
+"""Layer 5, the locator service without ROS: frames, jobs, their queue, the worker, outcomes.
 
-The ROS layer converts messages and schedules work around it.
+The ROS layer converts messages and drives the service (``locator_service``).
 """

@@ -1,80 +1,159 @@
-"""The node's work items and counters: frames, jobs (topic commands and action goals), stats.
+"""The service's work items and counters: frames, jobs (topic commands and action goals), stats.
 
-No ROS imports: the node fills these in and the diagnostics read them.
+No ROS imports: the ROS layer fills these in and the diagnostics read them.
 """
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
-# Feedback stages of the Locate action, in order ("proposing" is skipped on a cached
-# frame, "3d" runs only with use_depth). "proposing"/"scoring" come from the core.
-STAGE_WAITING = "waiting_for_image"
-STAGE_3D = "3d"
-STAGE_DONE = "done"
-PROGRESS_3D = 0.95
 
-# How a job ended.
-SUCCEEDED = "succeeded"
-CANCELED = "canceled"
-ABORTED = "aborted"
+class Stage(str, enum.Enum):
+    """Feedback stages of a job, in order; the values are the Locate action's wire strings.
 
-Feedback = Callable[[str, float], None]
+    PROPOSING is skipped on a cached frame, POSE runs only with depth; PROPOSING and
+    SCORING come from the core's stage callback.
+    """
+
+    WAITING = "waiting_for_image"
+    PROPOSING = "proposing"
+    SCORING = "scoring"
+    POSE = "3d"
+    DONE = "done"
+
+
+PROGRESS_POSE = 0.95
+
+
+class Outcome(enum.Enum):
+    """How a job ended."""
+
+    SUCCEEDED = "succeeded"  # answered (found or not) and published
+    CANCELED = "canceled"  # its client canceled it; nothing published
+    ABORTED = "aborted"  # the service was deactivated or stopped; nothing published
+    DROPPED = "dropped"  # a topic command pushed out of a full queue; answered not-found
+
+
+class JobKind(enum.Enum):
+    COMMAND = "command"  # from the command topic: answered on the topics only
+    GOAL = "goal"  # a locate action goal: also gets a result
 
 
 class JobCanceled(Exception):
     """Raised inside a query (between stages) to stop it; nothing is published for it."""
 
-    def __init__(self, reason: str, outcome: str = CANCELED) -> None:
+    def __init__(self, reason: str, outcome: Outcome = Outcome.CANCELED) -> None:
         super().__init__(reason)
         self.reason = reason
         self.outcome = outcome
 
 
-@dataclass
 class Frame:
-    """The newest usable camera frame."""
+    """One camera frame in the slot; its RGB array is decoded on first use, at most once.
 
-    seq: int
-    header: Any
-    rgb: np.ndarray
-    received: float  # time.monotonic() at arrival
-    used: bool = False  # a query ran on it
+    ``header`` is the source message's header (opaque here; the answers carry it).
+    ``seq`` is the frame's number, unique for the service's life: the frame's identity.
+    ``context`` is whatever the caller keeps with the frame (the ROS layer: its depth
+    pairing), alive exactly as long as the frame.
+    """
+
+    def __init__(self, seq: int, header: object, received: float,
+                 decode: Callable[[], np.ndarray], context: object = None) -> None:
+        self.seq = seq
+        self.header = header
+        self.received = received  # time.monotonic() at arrival
+        self.context = context
+        self.used = False  # a query ran on it
+        self._decode: Optional[Callable[[], np.ndarray]] = decode
+        self._rgb: Optional[np.ndarray] = None
+        self._lock = threading.Lock()
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """HxWx3 uint8 RGB; decoded now if no query needed it before (ValueError if bad)."""
+        with self._lock:
+            if self._rgb is None:
+                assert self._decode is not None
+                self._rgb = self._decode()
+                self._decode = None  # let the source message go
+            return self._rgb
+
+    @property
+    def decoded(self) -> bool:
+        return self._rgb is not None
+
+    def __repr__(self) -> str:
+        return f"Frame(seq={self.seq}, received={self.received:.3f}, used={self.used})"
+
+
+Feedback = Callable[[Stage, float], None]
+JobHook = Callable[["Job"], None]
+
+
+def _no_feedback(stage: Stage, progress: float) -> None:
+    return None
+
+
+def _no_hook(job: "Job") -> None:
+    return None
 
 
 @dataclass(eq=False)  # identity: a job is found in the queue by itself, not by its text
 class Job:
-    """One command to answer once: from the ``command`` topic, or an action goal.
+    """One command to answer exactly once: from the ``command`` topic, or an action goal.
 
-    For a goal, ``cancel_requested`` tells whether the client asked to cancel and
-    ``feedback`` publishes a stage; the action glue waits on ``done`` for the answer.
+    ``feedback`` hears the stages; ``on_start`` runs in the worker when it takes the job,
+    ``on_finish`` once when the job ended (both outside the service's lock). ``answer``
+    is what the outputs rendered for a SUCCEEDED or DROPPED job (opaque to the service).
     """
 
     text: str
-    received: float
-    is_goal: bool = False
-    cancel_requested: Callable[[], bool] = lambda: False
-    feedback: Feedback = lambda stage, progress: None
+    kind: JobKind = JobKind.COMMAND
+    received: float = field(default_factory=time.monotonic)
+    feedback: Feedback = _no_feedback
+    on_start: JobHook = _no_hook
+    on_finish: JobHook = _no_hook
+    outcome: Optional[Outcome] = None
+    reason: str = ""  # why it ended without an answer (CANCELED, ABORTED)
+    answer: object = None
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: str = ""
-    target_msg: Any = None  # the GraspTarget answering the job
+    _cancel: threading.Event = field(default_factory=threading.Event)
     _progress: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def report(self, stage: str, progress: float) -> None:
+    @property
+    def is_goal(self) -> bool:
+        return self.kind is JobKind.GOAL
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    def report(self, stage: Stage, progress: float) -> None:
         """Feedback with a progress that never goes backwards."""
         self._progress = max(self._progress, float(progress))
         self.feedback(stage, self._progress)
 
-    def finish(self, outcome: str, target_msg: Any) -> None:
-        """Record the answer once; later calls are ignored."""
-        if self.done.is_set():
-            return
-        self.outcome, self.target_msg = outcome, target_msg
-        self.done.set()
+    def finish(self, outcome: Outcome, *, reason: str = "", answer: object = None) -> bool:
+        """Record how the job ended, once (later calls are ignored: False); runs on_finish."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.outcome, self.reason, self.answer = outcome, reason, answer
+            self.done.set()
+        self.on_finish(self)
+        return True
+
+    def wait(self, timeout_s: Optional[float] = None) -> bool:
+        return self.done.wait(timeout_s)
 
 
 @dataclass
@@ -98,6 +177,10 @@ class NodeStats:
     def add(self, name: str, count: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + count)
+
+    def set_timings(self, timings_ms: Dict[str, float]) -> None:
+        with self.lock:
+            self.last_timings_ms = dict(timings_ms)
 
     @property
     def frames_dropped(self) -> int:
