@@ -216,17 +216,20 @@ class ScriptedLocator:
         self.gate.set()
         self.fail_next = False
         self.calls: List[str] = []
+        self.keys: List[Any] = []  # the frame_key of each call
         self.cleared = 0
 
     def clear_cache(self) -> None:
         self.cleared += 1
 
-    def locate(self, image: np.ndarray, command: str, on_stage: Any = None) -> Any:
+    def locate(self, image: np.ndarray, command: str, on_stage: Any = None,
+               frame_key: Any = None) -> Any:
         from vlm_grasp_locator.core.command_parser import parse_command
         from vlm_grasp_locator.pipeline.locator import Detection, LocateResult
 
         report = on_stage or (lambda stage, progress: None)
         self.calls.append(command)
+        self.keys.append(frame_key)
         report("proposing", 0.0)
         assert self.gate.wait(60)
         report("scoring", 0.7)

@@ -135,6 +135,8 @@ def test_jobs_are_answered_once_in_order_and_a_backlog_on_the_frame_it_waited_fo
     assert all(r.wait() is Outcome.SUCCEEDED for r in [first] + waiting)
     assert rig.out.texts() == ["take the cup", "take the pen", "grab the box", "take the mug"]
     assert all(r.finished == 1 for r in [first] + waiting)
+    # the core's cache key is the frame's number (the frame's identity in the service)
+    assert rig.fake.keys == [1, 1, 1, 1]
     # waited while the first inference ran: answered on its frame, from the core's cache
     assert [rig.reply_for(r.job).frame for r in [first] + waiting] == [first_frame] * 4
     later = rig.job("take the spoon")
@@ -142,6 +144,7 @@ def test_jobs_are_answered_once_in_order_and_a_backlog_on_the_frame_it_waited_fo
     reply = rig.reply_for(later.job)
     assert reply.frame is not None and reply.frame.seq == 2
     assert reply.result is not None and reply.result.found and reply.target == "spoon"
+    assert rig.fake.keys[-1] == 2
     assert rig.service.stats.commands_answered == 5
 
 

@@ -34,7 +34,7 @@ import enum
 import os
 import sys
 import time
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
@@ -67,6 +67,12 @@ from vlm_grasp_locator.service.locator_service import (
     ServiceSettings,
 )
 
+if TYPE_CHECKING:  # the pipeline imports torch: loaded only once the parameters are fine
+    from rclpy.context import Context
+    from rclpy.subscription import Subscription
+
+    from vlm_grasp_locator.pipeline.locator import LocatorConfig
+
 NODE_NAME = "grasp_locator"
 COMMAND_QUEUE_SIZE = QUEUE_SIZE  # queued topic commands and action goals together
 THROTTLE_S = 5.0
@@ -75,8 +81,8 @@ THROTTLE_S = 5.0
 # requests. Independent of the queue size.
 EXECUTOR_THREADS = 4
 
-# LocatorConfig (the validated model parameters) -> a locator.
-LocatorBuilder = Callable[[Any], LocatorLike]
+# The validated model parameters -> a locator.
+LocatorBuilder = Callable[["LocatorConfig"], LocatorLike]
 
 
 class NodeState(enum.Enum):
@@ -92,7 +98,7 @@ class StartupError(RuntimeError):
     """Autostart failed; the reason was logged already."""
 
 
-def default_locator(config: Any) -> LocatorLike:
+def default_locator(config: "LocatorConfig") -> LocatorLike:
     """``Locator.from_config`` (torch is imported only once the parameters are fine)."""
     from vlm_grasp_locator.pipeline.locator import Locator
 
@@ -135,7 +141,7 @@ class GraspLocatorNode(LifecycleNode):
                                        stats=self._stats, queue_size=COMMAND_QUEUE_SIZE)
         self._action: Optional[LocateActionServer] = None
         self._depth: Optional[DepthInput] = None
-        self._subscriptions_live: List[Any] = []
+        self._subscriptions_live: List["Subscription"] = []
 
         if hasattr(self, "add_post_set_parameters_callback"):  # Iron and later
             self.add_on_set_parameters_callback(self._check_parameters)
@@ -446,7 +452,7 @@ class GraspLocatorNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
-def make_executor(context: Any = None) -> MultiThreadedExecutor:
+def make_executor(context: Optional["Context"] = None) -> MultiThreadedExecutor:
     """An executor on which waiting action goals never block image reception."""
     return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=context)
 
@@ -467,7 +473,7 @@ class ProcessOptions:
 
 def process_locator(options: ProcessOptions) -> LocatorBuilder:
     """The entry point's locator factory: process-wide settings first, then the models."""
-    def build(config: Any) -> LocatorLike:
+    def build(config: "LocatorConfig") -> LocatorLike:
         if options.torch_threads and config.num_threads > 0:
             import torch
 

@@ -50,7 +50,11 @@ THROTTLE_S = 5.0  # repeated warnings of one kind are logged at most this often
 
 
 class LocatorLike(Protocol):
-    """What the service needs of the core (``pipeline.locator.Locator``)."""
+    """What the service needs of the core (``pipeline.locator.Locator``).
+
+    A ``locate`` that also takes ``frame_key=`` gets the frame's number as its cache key
+    (no hashing of the pixels); one without it is called without.
+    """
 
     @property
     def random_weights(self) -> bool: ...
