@@ -162,28 +162,46 @@ def test_other_encodings(node: RunningNode, rgb: np.ndarray, encoding: str) -> N
 
 
 def test_bad_images_are_skipped(node: RunningNode, rgb: np.ndarray) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     from node_harness import array_to_image_msg
 
-    good = node.publish(rgb)
-    unknown = array_to_image_msg(Image, rgb, "rgb8")
-    unknown.encoding = "yuv_weird"
-    short = array_to_image_msg(Image, rgb, "rgb8")
-    short.data = short.data[: len(short.data) // 2]
-    empty = Image(encoding="rgb8")  # zero size
-    liar = array_to_image_msg(Image, rgb, "rgb8")
-    liar.height = H * 10  # data shorter than step * height
-    for bad in (unknown, short, empty, liar):
-        node.publish(bad)
-    # Images and commands come on different subscriptions: give the node time to take in
-    # all five frames, so that the command cannot overtake the good one (seen once under
-    # full-suite load).
-    time.sleep(1.0)
-    answer = node.ask("take the cup", INFER_TIMEOUT_S)
-    _assert_header(answer, good)  # the last good frame, not a bad one
-    assert node.alive()
-    assert "skipping image" in node.stderr()
+    client = node.client
+    assert client is not None
+    diagnostics: list = []
+    sub = client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append,
+                                          10)
+
+    def frames_bad() -> int:
+        """The node's "frames bad" count, from its newest diagnostics (-1 before any)."""
+        counts = [int(kv.value) for m in diagnostics for s in m.status
+                  if s.name == node.node_name for kv in s.values if kv.key == "frames bad"]
+        return counts[-1] if counts else -1
+
+    try:
+        good = node.publish(rgb)
+        _assert_header(node.ask("take the cup", INFER_TIMEOUT_S), good)  # the node has it
+        unknown = array_to_image_msg(Image, rgb, "rgb8")
+        unknown.encoding = "yuv_weird"
+        short = array_to_image_msg(Image, rgb, "rgb8")
+        short.data = short.data[: len(short.data) // 2]
+        empty = Image(encoding="rgb8")  # zero size
+        liar = array_to_image_msg(Image, rgb, "rgb8")
+        liar.height = H * 10  # data shorter than step * height
+        assert client.spin_until(lambda: frames_bad() >= 0, 10.0), "no diagnostics"
+        for bad in (unknown, short, empty, liar):
+            # One at a time, each seen skipped before the next: the image subscription
+            # keeps one frame, so a burst could overwrite frames before the node takes them.
+            before = frames_bad()
+            node.publish(bad)
+            assert client.spin_until(lambda: frames_bad() == before + 1, 10.0), bad.encoding
+        answer = node.ask("take the cup", INFER_TIMEOUT_S)
+        _assert_header(answer, good)  # the last good frame, not a bad one
+        assert node.alive()
+        assert "skipping image" in node.stderr()
+    finally:
+        client.node.destroy_subscription(sub)
 
 
 # (no NUL: ROS strings are C strings, "\x00..." arrives as "")
