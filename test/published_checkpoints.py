@@ -18,6 +18,7 @@ text_projection (its ``attn_mask`` is a non-persistent buffer) and ``LogitScale.
 names come from PyTorch's own state_dict, not from a rewrite of the loader's mapping;
 ``tinyclip_source_keys`` lists the same names independently, from TinyCLIP's source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,18 @@ from torch import nn
 # the logit scale with ln(50) after every step (train.py), so their checkpoints hold it.
 LAION_LOGIT_SCALE = 50.0
 BLOCK_KEYS = (
-    "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias",
-    "attn.out_proj.weight", "attn.out_proj.bias", "ln_2.weight", "ln_2.bias",
-    "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.in_proj_weight",
+    "attn.in_proj_bias",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
 )
 
 
@@ -85,26 +95,76 @@ def tinyclip_source_keys(config: Mapping, ddp: bool = True) -> List[str]:
     """The state-dict names TinyCLIP's CLIPBase has for ``config``, spelt out from its source."""
     m = "module." if ddp else ""
     vision, text = config["vision_cfg"], config["text_cfg"]
-    image = [f"_image_encoder.{m}visual.{k}" for k in (
-        "class_embedding", "positional_embedding", "proj", "conv1.weight",
-        "ln_pre.weight", "ln_pre.bias", "ln_post.weight", "ln_post.bias")]
-    image += [f"_image_encoder.{m}visual.transformer.resblocks.{i}.{k}" for i in range(vision["layers"]) for k in BLOCK_KEYS]
-    text_keys = [f"_text_encoder.{m}{k}" for k in (
-        "positional_embedding", "text_projection", "token_embedding.weight", "ln_final.weight", "ln_final.bias")]
-    text_keys += [f"_text_encoder.{m}transformer.resblocks.{i}.{k}" for i in range(text["layers"]) for k in BLOCK_KEYS]
+    image = [
+        f"_image_encoder.{m}visual.{k}"
+        for k in (
+            "class_embedding",
+            "positional_embedding",
+            "proj",
+            "conv1.weight",
+            "ln_pre.weight",
+            "ln_pre.bias",
+            "ln_post.weight",
+            "ln_post.bias",
+        )
+    ]
+    image += [
+        f"_image_encoder.{m}visual.transformer.resblocks.{i}.{k}"
+        for i in range(vision["layers"])
+        for k in BLOCK_KEYS
+    ]
+    text_keys = [
+        f"_text_encoder.{m}{k}"
+        for k in (
+            "positional_embedding",
+            "text_projection",
+            "token_embedding.weight",
+            "ln_final.weight",
+            "ln_final.bias",
+        )
+    ]
+    text_keys += [
+        f"_text_encoder.{m}transformer.resblocks.{i}.{k}"
+        for i in range(text["layers"])
+        for k in BLOCK_KEYS
+    ]
     return image + text_keys + [f"_logit_scale.{m}logit_scale"]
 
 
 def training_args(model: str, **overrides) -> argparse.Namespace:
     """A Namespace of the kind TinyCLIP's ``parse_args`` builds (the checkpoint's ``args``)."""
     values = dict(
-        model=model, name=f"exp_{model}", lr=1e-4, wd=0.2, beta1=0.9, beta2=0.98, eps=1e-6,
-        epochs=6.0, batch_size=1024, warmup=2000, seed=0, precision="amp", logit_scale=LAION_LOGIT_SCALE,
-        distillation_teacher="ViT-B-32@laion2b_e16", pretrained_image_file="ViT-B-32@laion2b_e16",
-        pretrained_text_file="ViT-B-32@laion2b_e16", train_data="synthetic", report_to="wandb",
-        image_mean=None, image_std=None, distributed=True, world_size=8, rank=0, local_rank=0,
-        device="cuda:0", grad_checkpointing=True, prune_image=False, prune_text=False,
-        logs="./outputs/ViT-B-32", resume=None, save_frequency=1,
+        model=model,
+        name=f"exp_{model}",
+        lr=1e-4,
+        wd=0.2,
+        beta1=0.9,
+        beta2=0.98,
+        eps=1e-6,
+        epochs=6.0,
+        batch_size=1024,
+        warmup=2000,
+        seed=0,
+        precision="amp",
+        logit_scale=LAION_LOGIT_SCALE,
+        distillation_teacher="ViT-B-32@laion2b_e16",
+        pretrained_image_file="ViT-B-32@laion2b_e16",
+        pretrained_text_file="ViT-B-32@laion2b_e16",
+        train_data="synthetic",
+        report_to="wandb",
+        image_mean=None,
+        image_std=None,
+        distributed=True,
+        world_size=8,
+        rank=0,
+        local_rank=0,
+        device="cuda:0",
+        grad_checkpointing=True,
+        prune_image=False,
+        prune_text=False,
+        logs="./outputs/ViT-B-32",
+        resume=None,
+        save_frequency=1,
     )
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -115,22 +175,33 @@ def _no_weight_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
-def training_optimizers(training: TinyCLIPTraining, args: argparse.Namespace) -> List[torch.optim.AdamW]:
+def training_optimizers(
+    training: TinyCLIPTraining, args: argparse.Namespace
+) -> List[torch.optim.AdamW]:
     """One AdamW per part, as TinyCLIP's build_optimizer makes them, after one step."""
     optimizers = []
     for part in (training._image_encoder, training._text_encoder, training._logit_scale):
         named = list(part.named_parameters())
         groups = [
             {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0},
-            {"params": [p for n, p in named if not _no_weight_decay(n, p)], "weight_decay": args.wd},
+            {
+                "params": [p for n, p in named if not _no_weight_decay(n, p)],
+                "weight_decay": args.wd,
+            },
         ]
-        optimizers.append(torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps))
+        optimizers.append(
+            torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+        )
     for opt in optimizers:
         for group in opt.param_groups:
             for p in group["params"]:
-                p.grad = torch.zeros_like(p)  # zero gradients: the step fills the state, keeps the weights
+                p.grad = torch.zeros_like(
+                    p
+                )  # zero gradients: the step fills the state, keeps the weights
     with torch.no_grad():
-        saved = {id(p): p.clone() for opt in optimizers for g in opt.param_groups for p in g["params"]}
+        saved = {
+            id(p): p.clone() for opt in optimizers for g in opt.param_groups for p in g["params"]
+        }
         for opt in optimizers:
             opt.step()
         for opt in optimizers:  # AdamW's decoupled weight decay moved the weights: put them back
@@ -176,7 +247,11 @@ def write_clip_variant(clip: nn.Module, model_name: str, variant: str, path: Pat
     elif variant == "ddp_prefixed":
         obj = collections.OrderedDict((f"module.{k}", v) for k, v in state.items())
     elif variant == "open_clip_training":  # open_clip_train under DDP: nested and prefixed
-        obj = {"epoch": 3, "name": "run", "state_dict": collections.OrderedDict((f"module.{k}", v) for k, v in state.items())}
+        obj = {
+            "epoch": 3,
+            "name": "run",
+            "state_dict": collections.OrderedDict((f"module.{k}", v) for k, v in state.items()),
+        }
     elif variant == "model_nested":
         obj = {"model": state}
     else:
@@ -186,8 +261,12 @@ def write_clip_variant(clip: nn.Module, model_name: str, variant: str, path: Pat
 
 
 VARIANTS = (
-    "tinyclip_published", "tinyclip_without_ddp", "open_clip_plain", "ddp_prefixed",
-    "open_clip_training", "model_nested",
+    "tinyclip_published",
+    "tinyclip_without_ddp",
+    "open_clip_plain",
+    "ddp_prefixed",
+    "open_clip_training",
+    "model_nested",
 )
 
 
@@ -195,4 +274,3 @@ def write_mobile_sam(sam: nn.Module, path: Path) -> Path:
     """``mobile_sam.pt``'s layout: the plain state dict of the vit_t Sam."""
     torch.save(sam.state_dict(), path)
     return path
-

@@ -1,4 +1,5 @@
 """The ``vlm-grasp-locator`` command line, run as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vlm_grasp_locator.tools.cli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -41,11 +45,30 @@ def small_config(tmp_path_factory) -> Path:
 
 def test_json_output_matches_schema_and_overlay_is_written(scene_file, small_config, tmp_path):
     overlay = tmp_path / "out" / "overlay.png"
-    proc = run_cli("locate", str(scene_file), "grab a red block", "--json", "--random-weights",
-                   "--device", "cpu", "--config", str(small_config), "--overlay", str(overlay))
+    proc = run_cli(
+        "locate",
+        str(scene_file),
+        "grab a red block",
+        "--json",
+        "--random-weights",
+        "--device",
+        "cpu",
+        "--config",
+        str(small_config),
+        "--overlay",
+        str(overlay),
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)  # exactly one JSON object on stdout
-    assert set(record) == {"command", "target", "found", "reason", "image_size", "detections", "timings_ms"}
+    assert set(record) == {
+        "command",
+        "target",
+        "found",
+        "reason",
+        "image_size",
+        "detections",
+        "timings_ms",
+    }
     assert record["command"] == "grab a red block" and record["target"] == "red block"
     assert record["image_size"] == [320, 240] and isinstance(record["found"], bool)
     assert record["found"] and record["detections"]
@@ -62,7 +85,16 @@ def test_json_output_matches_schema_and_overlay_is_written(scene_file, small_con
 
 
 def test_human_summary_and_not_found_exit_zero(scene_file, small_config):
-    proc = run_cli("locate", str(scene_file), "take the", "--random-weights", "--device", "cpu", "--config", str(small_config))
+    proc = run_cli(
+        "locate",
+        str(scene_file),
+        "take the",
+        "--random-weights",
+        "--device",
+        "cpu",
+        "--config",
+        str(small_config),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "not found" in proc.stdout and "no object named" in proc.stdout
 
@@ -77,8 +109,21 @@ def test_bad_image_exits_2_with_reason(tmp_path, image):
 
 def test_missing_checkpoints_fail_with_remedy(scene_file, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "vlm_grasp_locator.tools.cli", "locate", str(scene_file), "take the cup", "--device", "cpu"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)},
+        [
+            sys.executable,
+            "-m",
+            "vlm_grasp_locator.tools.cli",
+            "locate",
+            str(scene_file),
+            "take the cup",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)},
     )
     assert proc.returncode == 1
     assert "mobile_sam.pt" in proc.stderr and "download-models" in proc.stderr
@@ -93,13 +138,23 @@ def test_download_models_refuses_present_files_that_are_not_the_published_ones(t
     small = clip_remote_file("TinyCLIP-ViT-8M-16-Text-3M")
     (tmp_path / "mobile_sam.pt").write_bytes(b"not mobile sam")
     (tmp_path / small.file).write_bytes(b"not tinyclip")
-    code = cli.main(["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-8M-16-Text-3M"])
+    code = cli.main(
+        ["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-8M-16-Text-3M"]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
-    assert f"{tmp_path / 'mobile_sam.pt'} is not the published file: 14 bytes, expected 40728226 bytes" in err
+    assert (
+        f"{tmp_path / 'mobile_sam.pt'} is not the published file: 14 bytes, expected 40728226 "
+        "bytes"
+        in err
+    )
     assert f"expected SHA-256 {MOBILE_SAM.sha256}" in err
     actual = sha256_of(tmp_path / small.file)
-    assert f"{tmp_path / small.file} is not the published file: SHA-256 {actual}, expected SHA-256 {small.sha256}" in err
+    assert (
+        f"{tmp_path / small.file} is not the published file: SHA-256 {actual}, expected SHA-256 "
+        f"{small.sha256}"
+        in err
+    )
     assert "--force" in err
 
 
@@ -112,7 +167,9 @@ def test_download_models_prints_the_digest_to_pin_an_unpublished_file(tmp_path, 
     assert large.sha256 is None  # not published
     (tmp_path / large.file).write_bytes(b"a checkpoint downloaded earlier")
     (tmp_path / "mobile_sam.pt").write_bytes(b"not mobile sam")  # present: nothing is fetched
-    code = cli.main(["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-61M-32-Text-29M"])
+    code = cli.main(
+        ["download-models", "--dir", str(tmp_path), "--clip-model", "TinyCLIP-ViT-61M-32-Text-29M"]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and "mobile_sam.pt is not the published file" in err
     digest = sha256_of(tmp_path / large.file)

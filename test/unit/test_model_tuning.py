@@ -1,4 +1,5 @@
 """The inference rewrites of MobileSAM's encoder keep its outputs (rounding aside)."""
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,9 @@ def test_tuned_encoder_gives_the_stock_embedding(stock_sam):
     conv = next(m for m in tuned.image_encoder.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
-    pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(5))  # channels-first, as SamPredictor passes it
+    pixels = torch.randn(
+        1, 3, 1024, 1024, generator=torch.Generator().manual_seed(5)
+    )  # channels-first, as SamPredictor passes it
     want = stock_sam.image_encoder(pixels)
     got = tuned.image_encoder(pixels)
     assert got.shape == want.shape
@@ -64,6 +67,8 @@ def test_fusing_leaves_modules_without_conv_batchnorm_alone():
 
 
 def test_load_models_tunes_unless_asked_not_to():
-    kwargs = dict(device="cpu", clip_model="TinyCLIP-ViT-8M-16-Text-3M", allow_random_weights=True, seed=0)
+    kwargs = dict(
+        device="cpu", clip_model="TinyCLIP-ViT-8M-16-Text-3M", allow_random_weights=True, seed=0
+    )
     assert batch_norms(load_models(**kwargs).sam.image_encoder) == 0
     assert batch_norms(load_models(**kwargs, tune=False).sam.image_encoder) > 0

@@ -4,6 +4,7 @@ The configurations are too large to write as files in a test (a training checkpo
 the 61M model is over a gigabyte), so their module trees are built on the meta device:
 names and shapes only, no memory. ``test_checkpoints`` loads a full 8M file.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,11 @@ import torch
 
 from published_checkpoints import TinyCLIPTraining, tinyclip_source_keys
 from vlm_grasp_locator.models.checkpoints import CheckpointLayout, fit_problems, unwrap_keys
-from vlm_grasp_locator.models.registry import available_clip_models, build_tinyclip, clip_model_config
+from vlm_grasp_locator.models.registry import (
+    available_clip_models,
+    build_tinyclip,
+    clip_model_config,
+)
 
 # open_clip CLIP state-dict entries per configuration (the count the old loader reported
 # missing, and unexpected, for every real file: 266 for the 61M model)

@@ -1,4 +1,5 @@
 """encode_text_until_eot gives open_clip's encode_text features, for every TinyCLIP config."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,11 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from vlm_grasp_locator.pipeline.crop_scoring import PROMPT_TEMPLATES
-from vlm_grasp_locator.models.registry import DEFAULT_CLIP_MODEL, available_clip_models, build_tinyclip
+from vlm_grasp_locator.models.registry import (
+    DEFAULT_CLIP_MODEL,
+    available_clip_models,
+    build_tinyclip,
+)
 from vlm_grasp_locator.models.text_encoder import encode_text_until_eot
 
 PHRASE_BATCHES = [
@@ -41,8 +46,15 @@ def test_really_truncates(clip):
     last = int(tokens.argmax(dim=-1).max())
     garbage = tokens.clone()
     garbage[:, last + 1 :] = 1234
-    torch.testing.assert_close(encode_text_until_eot(clip, garbage), encode_text_until_eot(clip, tokens))
-    torch.testing.assert_close(encode_text_until_eot(clip, garbage), clip.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        encode_text_until_eot(clip, garbage), encode_text_until_eot(clip, tokens)
+    )
+    torch.testing.assert_close(
+        encode_text_until_eot(clip, garbage),
+        clip.encode_text(tokens, normalize=True),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 @torch.inference_mode()
@@ -51,7 +63,9 @@ def test_falls_back_without_causal_mask():
     clip = build_tinyclip(DEFAULT_CLIP_MODEL).eval()
     clip.attn_mask = None  # bidirectional: padding would matter, so no truncation
     tokens = SimpleTokenizer(context_length=clip.context_length)(["mug"])
-    torch.testing.assert_close(encode_text_until_eot(clip, tokens), clip.encode_text(tokens, normalize=True))
+    torch.testing.assert_close(
+        encode_text_until_eot(clip, tokens), clip.encode_text(tokens, normalize=True)
+    )
 
 
 def test_rejects_unbatched_tokens():
@@ -68,17 +82,27 @@ def test_template_prefix_encoder_matches_encode_text(clip):
     assert TemplatePrefixEncoder.supported(clip)
     tokenizer = SimpleTokenizer(context_length=clip.context_length)
     encoder = TemplatePrefixEncoder(clip, tokenizer, PROMPT_TEMPLATES)
-    phrases = ["mug", "red coffee mug", "the big shiny metal spoon next to the blue bowl", "a " * 100, "café crème"]
+    phrases = [
+        "mug",
+        "red coffee mug",
+        "the big shiny metal spoon next to the blue bowl",
+        "a " * 100,
+        "café crème",
+    ]
     got = encoder.encode(phrases)
-    want = clip.encode_text(tokenizer([t.format(p) for p in phrases for t in PROMPT_TEMPLATES]), normalize=True)
+    want = clip.encode_text(
+        tokenizer([t.format(p) for p in phrases for t in PROMPT_TEMPLATES]), normalize=True
+    )
     assert got.shape == (len(phrases), len(PROMPT_TEMPLATES), want.shape[-1])
     torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(encoder.encode(["mug"])[0], got[0], atol=1e-6, rtol=1e-6)  # batch-independent
+    torch.testing.assert_close(
+        encoder.encode(["mug"])[0], got[0], atol=1e-6, rtol=1e-6
+    )  # batch-independent
 
 
 @torch.inference_mode()
 def test_template_prefix_encoder_falls_back_when_the_phrase_joins_the_prefix(clip):
-    """"photo{}" with "graph" tokenizes as "photograph", not "photo" + "graph"."""
+    """ "photo{}" with "graph" tokenizes as "photograph", not "photo" + "graph"."""
     from vlm_grasp_locator.models.text_encoder import TemplatePrefixEncoder
 
     tokenizer = SimpleTokenizer(context_length=clip.context_length)

@@ -18,6 +18,7 @@ file in the cache at every load, are refused when their size (checked first, che
 SHA-256 differs. A checkpoint at a configured path is checked only against a digest the
 user pinned for it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,14 @@ LOG = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, not the pinned file, or does not fit the architecture."""
+    """A checkpoint is missing, unreadable, not the pinned file, or does not fit the
+    architecture."""
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A published model file: where it comes from and what it must be (``None``: not published)."""
+    """A published model file: where it comes from and what it must be (``None``: not
+    published)."""
 
     file: str
     url: str
@@ -83,7 +86,9 @@ class CheckpointLayout(enum.Enum):
 
     PLAIN = "plain state dict"
     DDP_PREFIXED = "state dict with DistributedDataParallel's 'module.' prefix"
-    TINYCLIP_TRAINING = "TinyCLIP training checkpoint (_image_encoder/_text_encoder/_logit_scale wrappers)"
+    TINYCLIP_TRAINING = (
+        "TinyCLIP training checkpoint (_image_encoder/_text_encoder/_logit_scale wrappers)"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_pin(configured_path: str, configured_sha256: str, remote: RemoteFile) -> Optional[Pin]:
+def checkpoint_pin(
+    configured_path: str, configured_sha256: str, remote: RemoteFile
+) -> Optional[Pin]:
     """The pin a checkpoint is held to.
 
     A digest the user configured always applies; otherwise the published pin applies to
@@ -185,7 +192,8 @@ def _refuse_size(subject: str, actual_size: int, pin: Pin, remedy: str) -> Check
     expected = f"expected SHA-256 {pin.sha256}" if pin.sha256 else "no digest pinned"
     return CheckpointError(
         f"{subject} is not the {pin.source.value} file: {actual_size} bytes, expected "
-        f"{pin.size} bytes ({expected}; actual SHA-256 not computed, the size already differs). {remedy}"
+        f"{pin.size} bytes ({expected}; actual SHA-256 not computed, the size already differs). "
+        f"{remedy}"
     )
 
 
@@ -217,7 +225,9 @@ def verify_file(path: Path, pin: Pin, label: str) -> FileDigest:
     return FileDigest(path, size, actual)
 
 
-def verify_checkpoint(path: Path, pin: Optional[Pin], what: str, *, report_unpinned: bool) -> Optional[FileDigest]:
+def verify_checkpoint(
+    path: Path, pin: Optional[Pin], what: str, *, report_unpinned: bool
+) -> Optional[FileDigest]:
     """Check a checkpoint before loading it.
 
     With a pin, refuse a file that differs (``CheckpointError`` naming the file and both
@@ -227,14 +237,22 @@ def verify_checkpoint(path: Path, pin: Optional[Pin], what: str, *, report_unpin
     """
     if pin is not None:
         digest = verify_file(path, pin, f"{what} checkpoint")
-        LOG.debug("%s checkpoint %s: SHA-256 %s matches the %s digest", what, path, digest.sha256, pin.source.value)
+        LOG.debug(
+            "%s checkpoint %s: SHA-256 %s matches the %s digest",
+            what,
+            path,
+            digest.sha256,
+            pin.source.value,
+        )
         return digest
     if report_unpinned:
         digest = FileDigest(path, path.stat().st_size, sha256_of(path))
         LOG.info(
             "%s checkpoint %s has SHA-256 %s; no digest is published for it, so it was not "
             "checked (pin it in the config to have it checked at every load)",
-            what, path, digest.sha256,
+            what,
+            path,
+            digest.sha256,
         )
         return digest
     return None
@@ -243,14 +261,16 @@ def verify_checkpoint(path: Path, pin: Optional[Pin], what: str, *, report_unpin
 # --------------------------------------------------------------------------- loading
 
 
-def unwrap_keys(state: Mapping[str, torch.Tensor], where: str) -> Tuple[Dict[str, torch.Tensor], CheckpointLayout]:
+def unwrap_keys(
+    state: Mapping[str, torch.Tensor], where: str
+) -> Tuple[Dict[str, torch.Tensor], CheckpointLayout]:
     """The weights under the model's own names, and the layout they were stored in.
 
     ``where`` names the checkpoint in the error raised when two stored names map to one.
     """
     layout = CheckpointLayout.PLAIN
     if state and all(k.startswith(_DDP_PREFIX) for k in state):
-        state = {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
+        state = {k[len(_DDP_PREFIX) :]: v for k, v in state.items()}
         layout = CheckpointLayout.DDP_PREFIXED
     if not any(k.startswith(_TINYCLIP_WRAPPERS) for k in state):
         return dict(state), layout
@@ -260,10 +280,12 @@ def unwrap_keys(state: Mapping[str, torch.Tensor], where: str) -> Tuple[Dict[str
         name = key
         for wrapper in _TINYCLIP_WRAPPERS:
             if key.startswith(wrapper):
-                name = key[len(wrapper):].removeprefix(_DDP_PREFIX)
+                name = key[len(wrapper) :].removeprefix(_DDP_PREFIX)
                 break
         if name in out:
-            raise CheckpointError(f"{where} stores {name!r} twice (as {stored_as[name]!r} and {key!r})")
+            raise CheckpointError(
+                f"{where} stores {name!r} twice (as {stored_as[name]!r} and {key!r})"
+            )
         out[name] = value
         stored_as[name] = key
     return out, CheckpointLayout.TINYCLIP_TRAINING
@@ -283,7 +305,8 @@ def read_checkpoint(path: Path, what: str) -> CheckpointContents:
     if not path.is_file():
         raise CheckpointError(missing_checkpoint_message(path, what))
     unreadable = (
-        f"{what} checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt download?). "
+        f"{what} checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt "
+        "download?). "
         "Delete it and run `vlm-grasp-locator download-models` again."
     )
     # torch.save writes a zip archive (a bare pickle before PyTorch 1.6); anything else,
@@ -312,8 +335,16 @@ def read_checkpoint(path: Path, what: str) -> CheckpointContents:
             if isinstance(obj.get(key), Mapping):
                 obj, container = obj[key], key
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        found = f"entries: {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, Mapping) else type(obj).__name__
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
+        found = (
+            f"entries: {', '.join(map(str, list(obj)[:6]))}"
+            if isinstance(obj, Mapping)
+            else type(obj).__name__
+        )
         raise CheckpointError(
             f"{what} checkpoint {path} does not contain a state dict of tensors ({found}); "
             f"expected one, bare or under {' or '.join(repr(k) for k in _CONTAINER_KEYS)}"
@@ -327,8 +358,11 @@ def load_state_dict(path: Path, what: str) -> Dict[str, torch.Tensor]:
     return read_checkpoint(path, what).state
 
 
-def fit_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> List[str]:
-    """Why ``state`` cannot be loaded into a model whose state dict is ``expected`` (empty: it can).
+def fit_problems(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> List[str]:
+    """Why ``state`` cannot be loaded into a model whose state dict is ``expected``
+    (empty: it can).
 
     Compares names and shapes only, so ``expected`` may live on the meta device.
     """
@@ -376,10 +410,15 @@ def load_into(
         if contents is not None:
             read_as = f" (read as a {contents.layout.value}"
             read_as += f" under {contents.container!r}" if contents.container else ""
-            read_as += f"; its training arguments name model {contents.trained_as!r}" if contents.trained_as else ""
+            read_as += (
+                f"; its training arguments name model {contents.trained_as!r}"
+                if contents.trained_as
+                else ""
+            )
             read_as += ")"
         raise CheckpointError(
-            f"{what} checkpoint {path} does not match the architecture{read_as}: " + "; ".join(problems)
+            f"{what} checkpoint {path} does not match the architecture{read_as}: "
+            + "; ".join(problems)
         )
     model.load_state_dict(state, strict=True)
 
@@ -426,15 +465,29 @@ def download(
     subject = f"{remote.file} downloaded from {remote.url}"
     remedy = f"Nothing was stored at {destination}; the file on the server may have changed."
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=destination.name + ".", suffix=".part", dir=destination.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=destination.name + ".", suffix=".part", dir=destination.parent
+    )
     tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
         done = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout_s) as response:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+            remote.url, timeout=timeout_s
+        ) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            if pin is not None and pin.size is not None and total is not None and total != pin.size:
-                raise _refuse_size(f"{remote.file} at {remote.url}", total, pin, f"Nothing was downloaded to {destination}.")
+            if (
+                pin is not None
+                and pin.size is not None
+                and total is not None
+                and total != pin.size
+            ):
+                raise _refuse_size(
+                    f"{remote.file} at {remote.url}",
+                    total,
+                    pin,
+                    f"Nothing was downloaded to {destination}.",
+                )
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
                 digest.update(block)

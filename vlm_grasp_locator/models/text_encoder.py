@@ -9,6 +9,7 @@ transformer does roughly 1/6 of the work. Results match ``encode_text`` to float
 rounding (~1e-7); models whose pooling or mask would make the cut unsafe (no causal
 mask, ``last``/``mean`` pooling, custom text towers) fall back to ``encode_text``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -43,7 +44,9 @@ def cut_at_eot(clip: torch.nn.Module, tokens: torch.Tensor) -> Tuple[torch.Tenso
     return tokens[:, :length], pool_at
 
 
-def encode_cut_tokens(clip: torch.nn.Module, tokens: torch.Tensor, pool_at: torch.Tensor) -> torch.Tensor:
+def encode_cut_tokens(
+    clip: torch.nn.Module, tokens: torch.Tensor, pool_at: torch.Tensor
+) -> torch.Tensor:
     """The text tower on tokens already cut by ``cut_at_eot``: (B, D) L2-normalised."""
     length = tokens.shape[1]
     cast_dtype = clip.transformer.get_cast_dtype()
@@ -89,7 +92,12 @@ class TemplatePrefixEncoder:
     the template's prefix tokens (never seen, but cheap to check) are encoded in full.
     """
 
-    def __init__(self, clip: torch.nn.Module, tokenizer: Callable[[Sequence[str]], torch.Tensor], templates: Sequence[str]) -> None:
+    def __init__(
+        self,
+        clip: torch.nn.Module,
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        templates: Sequence[str],
+    ) -> None:
         self.clip = clip
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
@@ -103,7 +111,10 @@ class TemplatePrefixEncoder:
         return (
             can_truncate(clip)
             and getattr(transformer, "batch_first", False)
-            and all(not hasattr(block, "ln_1_kv") and hasattr(block, "attn") for block in transformer.resblocks)
+            and all(
+                not hasattr(block, "ln_1_kv") and hasattr(block, "attn")
+                for block in transformer.resblocks
+            )
         )
 
     def _prepare(self) -> None:
@@ -115,10 +126,15 @@ class TemplatePrefixEncoder:
         self._prefix_tokens = [row[:end] for row, end in zip(tokens, eot.tolist())]  # without EOT
         longest = max(len(t) for t in self._prefix_tokens)
         blocks = self.clip.transformer.resblocks
-        states = torch.zeros(len(prefixes), len(blocks), longest, self.clip.transformer.width, device=device)
+        states = torch.zeros(
+            len(prefixes), len(blocks), longest, self.clip.transformer.width, device=device
+        )
         for i, prefix in enumerate(self._prefix_tokens):
             length = len(prefix)
-            x = self.clip.token_embedding(prefix[None].to(device)) + self.clip.positional_embedding[:length]
+            x = (
+                self.clip.token_embedding(prefix[None].to(device))
+                + self.clip.positional_embedding[:length]
+            )
             mask = self.clip.attn_mask[:length, :length]
             for layer, block in enumerate(blocks):
                 states[i, layer, :length] = block.ln_1(x)[0]
@@ -134,9 +150,14 @@ class TemplatePrefixEncoder:
         tokens = self.tokenizer(texts)
         n_templates = len(self.templates)
         starts = [len(self._prefix_tokens[i % n_templates]) for i in range(len(texts))]
-        prefix_ok = all(torch.equal(row[:s], self._prefix_tokens[i % n_templates]) for i, (row, s) in enumerate(zip(tokens, starts)))
+        prefix_ok = all(
+            torch.equal(row[:s], self._prefix_tokens[i % n_templates])
+            for i, (row, s) in enumerate(zip(tokens, starts))
+        )
         if not prefix_ok:
-            return encode_text_until_eot(self.clip, tokens.to(self.clip.positional_embedding.device)).view(len(phrases), n_templates, -1)
+            return encode_text_until_eot(
+                self.clip, tokens.to(self.clip.positional_embedding.device)
+            ).view(len(phrases), n_templates, -1)
         return self._encode_after_prefix(tokens, starts).view(len(phrases), n_templates, -1)
 
     def _encode_after_prefix(self, tokens: torch.Tensor, starts: List[int]) -> torch.Tensor:
@@ -156,10 +177,14 @@ class TemplatePrefixEncoder:
         causal = torch.ones(new_len, new_len, dtype=torch.bool).tril()
         for r, (start, length) in enumerate(zip(starts, lengths)):
             ids[r, :length] = tokens[r, start : start + length]
-            positions[r] = torch.arange(start, start + new_len).clamp(max=clip.positional_embedding.shape[0] - 1)
+            positions[r] = torch.arange(start, start + new_len).clamp(
+                max=clip.positional_embedding.shape[0] - 1
+            )
             allowed[r, :, :start] = True
             allowed[r, :, prefix_len:] = causal
-        mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed.to(device), float("-inf"))
+        mask = torch.zeros(allowed.shape, device=device).masked_fill(
+            ~allowed.to(device), float("-inf")
+        )
         heads = clip.transformer.resblocks[0].attn.num_heads
         mask = mask.repeat_interleave(heads, dim=0)  # (rows * heads, new, prefix + new)
         template_of_row = torch.arange(rows) % n_templates

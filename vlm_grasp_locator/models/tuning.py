@@ -9,20 +9,26 @@
 Outputs move by float rounding only (~1e-5 on the image embedding). Weights must be
 loaded first: the fused modules no longer match the checkpoint's keys.
 """
+
 from __future__ import annotations
 
 import torch
 
 
 def fuse_conv_batchnorm(module: torch.nn.Module) -> int:
-    """Replace each TinyViT ``Conv2d_BN`` inside ``module`` by its fused convolution; returns how many."""
+    """Replace each TinyViT ``Conv2d_BN`` inside ``module`` by its fused convolution;
+    returns how many."""
     from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
 
     fused = 0
     for name, child in module.named_children():
         if isinstance(child, Conv2d_BN):
             weight = child.c.weight
-            setattr(module, name, child.fuse().to(device=weight.device, dtype=weight.dtype).train(child.training))
+            setattr(
+                module,
+                name,
+                child.fuse().to(device=weight.device, dtype=weight.dtype).train(child.training),
+            )
             fused += 1
         else:
             fused += fuse_conv_batchnorm(child)
@@ -44,7 +50,10 @@ def tune_image_encoder(sam: torch.nn.Module) -> int:
     if getattr(encoder, "_vlm_tuned", False):
         return 0
     if encoder.training:
-        raise ValueError("tune_image_encoder needs a model in eval mode (batch norm statistics are frozen into the weights)")
+        raise ValueError(
+            "tune_image_encoder needs a model in eval mode (batch norm statistics are frozen "
+            "into the weights)"
+        )
     fused = fuse_conv_batchnorm(encoder)
     if fused and next(encoder.parameters()).device.type == "cpu":
         encoder.to(memory_format=torch.channels_last)
