@@ -20,6 +20,7 @@ pass the founding 0.8 threshold and the costly upscaling would be skipped for fr
 their masks are noise. ``calibrate`` makes the workload realistic, identically for both
 pipelines (see its docstring); the last stdout line is one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,12 +57,23 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from vlm_grasp_locator.runtime.cpu_threads import torch_threads  # noqa: E402
-from vlm_grasp_locator.pipeline.crop_scoring import NEGATIVE_PHRASES, PROMPT_TEMPLATES  # noqa: E402
+from vlm_grasp_locator.backends.factory import build_locator  # noqa: E402
+from vlm_grasp_locator.models.adapters import SamSegmenter, torch_parts  # noqa: E402
+from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers, torch_threads  # noqa: E402
+from vlm_grasp_locator.runtime.process import configure_process  # noqa: E402
+from vlm_grasp_locator.pipeline.crop_scoring import (  # noqa: E402
+    NEGATIVE_PHRASES,
+    PROMPT_TEMPLATES,
+)  # noqa: E402
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig  # noqa: E402
 from vlm_grasp_locator.models.tuning import tune_image_encoder  # noqa: E402
 from vlm_grasp_locator.models.registry import load_models  # noqa: E402
-from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, PROMPT_BATCH, ProposalSettings, Proposals  # noqa: E402
+from vlm_grasp_locator.pipeline.mask_proposals import (  # noqa: E402
+    MaskProposer,
+    PROMPT_BATCH,
+    ProposalSettings,
+    Proposals,
+)  # noqa: E402
 from reference_pipeline import reference_crop_embeddings, reference_proposals  # noqa: E402
 from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder  # noqa: E402
 from vlm_grasp_locator.models.text_encoder import encode_text_until_eot  # noqa: E402
@@ -82,8 +94,34 @@ STAGE_LABELS = {
     "text": "text (1 new phrase)",
     "total": "end to end",
 }
-COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown", "grey", "silver")
-OBJECTS = ("mug", "cup", "bowl", "pen", "spoon", "fork", "knife", "bottle", "box", "plate", "glass", "tape")
+COLOURS = (
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "black",
+    "white",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "grey",
+    "silver",
+)
+OBJECTS = (
+    "mug",
+    "cup",
+    "bowl",
+    "pen",
+    "spoon",
+    "fork",
+    "knife",
+    "bottle",
+    "box",
+    "plate",
+    "glass",
+    "tape",
+)
 
 
 def fresh_phrases():
@@ -233,7 +271,11 @@ def load_image(size_wh: Tuple[int, int], source: str) -> np.ndarray:
         image[h // 10 : h * 4 // 10, w // 10 : w * 4 // 10] = (220, 30, 30)
         image[h // 2 : h * 9 // 10, w // 2 : w * 9 // 10] = (30, 30, 220)
         image[h // 5 : h * 6 // 10, w * 6 // 10 : w * 8 // 10] = (30, 160, 30)
-        return (image + rng.integers(-8, 9, image.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+        return (
+            (image + rng.integers(-8, 9, image.shape, dtype=np.int16))
+            .clip(0, 255)
+            .astype(np.uint8)
+        )
     bgr = cv2.imread(str(IMAGE), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"cannot read {IMAGE}")
@@ -243,28 +285,37 @@ def load_image(size_wh: Tuple[int, int], source: str) -> np.ndarray:
 @torch.inference_mode()
 def candidate_ious(sam: torch.nn.Module, image: np.ndarray, points_per_side: int) -> torch.Tensor:
     """Predicted IoU of every multimask candidate (3 per grid point), as the generator sees it."""
-    proposer = MaskProposer(sam, ProposalSettings(points_per_side=points_per_side))
-    proposer.predictor.set_image(image)
+    segmenter = SamSegmenter.of_torch(sam)
+    proposer = MaskProposer(segmenter, ProposalSettings(points_per_side=points_per_side))
+    encoded = proposer.encode(image)
     h, w = image.shape[:2]
     points = torch.as_tensor(
-        proposer.predictor.transform.apply_coords(proposer.grid * np.array([[w, h]]), (h, w)), dtype=torch.float32
+        segmenter.to_input_coords(proposer.grid * np.array([[w, h]]), (h, w)),
+        dtype=torch.float32,
     )[:, None, :]
     labels = torch.ones(points.shape[:2], dtype=torch.int)
     _, dense = sam.prompt_encoder(points=(points[:1], labels[:1]), boxes=None, masks=None)
     decoder = FastMaskDecoder(sam.mask_decoder)
-    decoder.set_image(proposer.predictor.features, sam.prompt_encoder.get_dense_pe(), dense)
+    decoder.set_image(encoded.features, sam.prompt_encoder.get_dense_pe(), dense)
     ious = []
     for start in range(0, len(points), PROMPT_BATCH):
         sparse, _ = sam.prompt_encoder(
-            points=(points[start : start + PROMPT_BATCH], labels[start : start + PROMPT_BATCH]), boxes=None, masks=None
+            points=(points[start : start + PROMPT_BATCH], labels[start : start + PROMPT_BATCH]),
+            boxes=None,
+            masks=None,
         )
         ious.append(decoder.run_transformer(sparse).iou_pred[:, 1:])
-    proposer.predictor.reset_image()
     return torch.cat(ious).flatten()
 
 
 def calibrate(
-    sam: torch.nn.Module, reference_sam: torch.nn.Module, original_iou_bias: torch.Tensor, image: np.ndarray, points_per_side: int, masks_out: int
+    sam: torch.nn.Module,
+    reference_sam: torch.nn.Module,
+    original_iou_bias: torch.Tensor,
+    image: np.ndarray,
+    points_per_side: int,
+    masks_out: int,
+    workers: Optional[CpuWorkers] = None,
 ) -> Workload:
     """Make random weights behave like MobileSAM on a real scene, for both pipelines alike.
 
@@ -302,13 +353,28 @@ def calibrate(
         box_nms_thresh=1.0,
         min_mask_region_area=0,
     )
-    stability = np.sort(MaskProposer(sam, loose)(image).stability_score)[::-1]
+    proposer = MaskProposer(SamSegmenter.of_torch(sam), loose, workers)
+    stability = np.sort(proposer(image).stability_score)[::-1]
     if len(stability) == 0:
         raise SystemExit("calibration left no masks; try another --seed")
     k = min(masks_out, len(stability))
-    threshold = float(stability[k - 1] + stability[k]) / 2 if k < len(stability) else float(stability[-1]) / 2
-    settings = replace(loose, stability_score_thresh=min(max(threshold, 1e-6), 1.0), min_mask_region_area=200)
-    return Workload(image, settings, len(ious), passing, (float(ious.min()), float(ious.max())), shift, reference_sam)
+    threshold = (
+        float(stability[k - 1] + stability[k]) / 2
+        if k < len(stability)
+        else float(stability[-1]) / 2
+    )
+    settings = replace(
+        loose, stability_score_thresh=min(max(threshold, 1e-6), 1.0), min_mask_region_area=200
+    )
+    return Workload(
+        image,
+        settings,
+        len(ious),
+        passing,
+        (float(ious.min()), float(ious.max())),
+        shift,
+        reference_sam,
+    )
 
 
 def stock_reference_sam(sam: torch.nn.Module, stock_encoder: torch.nn.Module) -> torch.nn.Module:
@@ -327,7 +393,9 @@ def stock_reference_sam(sam: torch.nn.Module, stock_encoder: torch.nn.Module) ->
 
 
 @torch.inference_mode()
-def encoder_difference(sam: torch.nn.Module, reference_sam: torch.nn.Module, image: np.ndarray) -> float:
+def encoder_difference(
+    sam: torch.nn.Module, reference_sam: torch.nn.Module, image: np.ndarray
+) -> float:
     """Largest difference between the two image embeddings: both encoders hold the same weights."""
     from mobile_sam import SamPredictor
 
@@ -344,7 +412,12 @@ def first_n(proposals: Proposals, n: int) -> Proposals:
     if len(proposals) == 0:
         return proposals
     idx = np.arange(n) % len(proposals)
-    return Proposals(*(getattr(proposals, f)[idx] for f in ("masks", "boxes_xyxy", "predicted_iou", "stability_score", "point_coords")))
+    return Proposals(
+        *(
+            getattr(proposals, f)[idx]
+            for f in ("masks", "boxes_xyxy", "predicted_iou", "stability_score", "point_coords")
+        )
+    )
 
 
 # ---------------------------------------------------------------- the two pipelines
@@ -357,34 +430,48 @@ class Answer:
 
 
 @torch.inference_mode()
-def reference_text_scores(locator: Locator, tokenizer, embeddings: torch.Tensor, target: str) -> Tuple[np.ndarray, np.ndarray]:
+def reference_text_scores(
+    locator: Locator, tokenizer, embeddings: torch.Tensor, target: str
+) -> Tuple[np.ndarray, np.ndarray]:
     """``CropScorer.score`` with the target phrase through open_clip's full 77-token tower.
 
     The negative phrases are the same for every command, so they come from the
     (already warm) cache in both pipelines.
     """
-    clip = locator.scorer.clip
+    clip = locator.scorer.clip.module  # the torch backend's open_clip model
     tokens = tokenizer([t.format(target) for t in PROMPT_TEMPLATES])
-    target_embedding = torch.nn.functional.normalize(clip.encode_text(tokens, normalize=True).mean(dim=0), dim=-1)
+    target_embedding = torch.nn.functional.normalize(
+        clip.encode_text(tokens, normalize=True).mean(dim=0), dim=-1
+    )
     negatives = locator.scorer.text.embed([p for p in NEGATIVE_PHRASES if p != target])
     similarity = embeddings @ torch.cat([target_embedding[None], negatives]).T
     probability = torch.softmax(locator.scorer.logit_scale * similarity, dim=-1)[:, 0]
     return similarity[:, 0].numpy(), probability.numpy()
 
 
-def run_reference(locator: Locator, tokenizer, work: Workload, crops: int, phrase: str, meter: Meter) -> Answer:
-    proposals = meter.stage("masks", lambda: reference_proposals(work.reference_sam, work.image, work.settings))
+def run_reference(
+    locator: Locator, tokenizer, work: Workload, crops: int, phrase: str, meter: Meter
+) -> Answer:
+    proposals = meter.stage(
+        "masks", lambda: reference_proposals(work.reference_sam, work.image, work.settings)
+    )
     chosen = first_n(proposals, crops)
-    embeddings = meter.stage("crops", lambda: reference_crop_embeddings(locator.scorer, work.image, chosen))
+    embeddings = meter.stage(
+        "crops", lambda: reference_crop_embeddings(locator.scorer, work.image, chosen)
+    )
     meter.stage("text", lambda: reference_text_scores(locator, tokenizer, embeddings, phrase))
     return Answer(chosen, embeddings)
 
 
-def run_package(locator: Locator, tokenizer, work: Workload, crops: int, phrase: str, meter: Meter) -> Answer:
+def run_package(
+    locator: Locator, tokenizer, work: Workload, crops: int, phrase: str, meter: Meter
+) -> Answer:
     locator.clear_cache()
     proposals = meter.stage("masks", lambda: locator.proposer(work.image))
     chosen = first_n(proposals, crops)
-    embeddings = meter.stage("crops", lambda: locator.scorer.embed_crops(work.image, chosen.masks, chosen.boxes_xyxy))
+    embeddings = meter.stage(
+        "crops", lambda: locator.scorer.embed_crops(work.image, chosen.masks, chosen.boxes_xyxy)
+    )
     meter.stage("text", lambda: locator.scorer.score(embeddings, phrase))
     return Answer(chosen, embeddings)
 
@@ -439,7 +526,12 @@ def bench_size(
     runners: Dict[str, Callable] = {
         name: partial(fn, locator, tokenizer, work, crops) for name, fn in PIPELINES.items()
     }
-    runners.update({name: partial(run_locate, other, tokenizer, work, crops) for name, other in others.items()})
+    runners.update(
+        {
+            name: partial(run_locate, other, tokenizer, work, crops)
+            for name, other in others.items()
+        }
+    )
     order = list(runners)
     gflop: Dict[str, Dict[str, float]] = {}
     times: Dict[str, List[Dict[str, float]]] = {name: [] for name in order}
@@ -468,7 +560,9 @@ def bench_size(
     # The answers for one phrase: the reference's best of its scored crops against
     # Locator.locate's best detection (score_threshold is 0, so there always is one).
     ref, pkg = answers["reference"], answers["package"]
-    ref_similarity, ref_score = reference_text_scores(locator, tokenizer, ref.embeddings, ANSWER_PHRASE)
+    ref_similarity, ref_score = reference_text_scores(
+        locator, tokenizer, ref.embeddings, ANSWER_PHRASE
+    )
     ref_best = best_index(ref_similarity, ref_score)
     located = locator.locate(work.image, f"pick the {ANSWER_PHRASE}")  # also warms the frame cache
     repeat = []
@@ -487,10 +581,16 @@ def bench_size(
         rows[name] = {
             "ms": ms[name],
             "gflop": gflop[name],
-            "stage_ms": {k: median([t.get(k, 0.0) for t in stage_ms[name]]) for k in stage_ms[name][0]},
+            "stage_ms": {
+                k: median([t.get(k, 0.0) for t in stage_ms[name]]) for k in stage_ms[name][0]
+            },
             "prompts": timed.prompts,
             "crops": timed.proposals,
-            "best_box_iou": box_iou(ref.proposals.boxes_xyxy[ref_best], answer.best.box_xyxy) if answer.best else 0.0,
+            "best_box_iou": (
+                box_iou(ref.proposals.boxes_xyxy[ref_best], answer.best.box_xyxy)
+                if answer.best
+                else 0.0
+            ),
             "new_target_ms": new_target_ms,
             "peak_rss_mb": peak_mb[name],
         }
@@ -499,11 +599,23 @@ def bench_size(
         "ms": ms,
         "gflop": gflop,
         "peak_rss_mb": peak_mb,
-        "masks": {"reference": len(ref.proposals), "package": len(pkg.proposals), "locate": located.proposals},
+        "masks": {
+            "reference": len(ref.proposals),
+            "package": len(pkg.proposals),
+            "locate": located.proposals,
+        },
         "min_same_index_mask_iou": min(same_masks) if same_masks else float("nan"),
-        "max_embedding_diff": float((ref.embeddings - pkg.embeddings).abs().max()) if len(ref.embeddings) else 0.0,
-        "best_box_iou": box_iou(ref.proposals.boxes_xyxy[ref_best], located.best.box_xyxy) if located.best else 0.0,
-        "best_mask_iou": mask_iou(ref.proposals.masks[ref_best], located.best.mask) if located.best else 0.0,
+        "max_embedding_diff": (
+            float((ref.embeddings - pkg.embeddings).abs().max()) if len(ref.embeddings) else 0.0
+        ),
+        "best_box_iou": (
+            box_iou(ref.proposals.boxes_xyxy[ref_best], located.best.box_xyxy)
+            if located.best
+            else 0.0
+        ),
+        "best_mask_iou": (
+            mask_iou(ref.proposals.masks[ref_best], located.best.mask) if located.best else 0.0
+        ),
         "repeat_command_ms": median(repeat),
     }
 
@@ -545,14 +657,21 @@ def print_size(label: str, work: Workload, res: dict, runs: int, crops: int) -> 
     s = work.settings
     print(f"\n=== {label}: median of {runs} run(s), alternating order; ms = wall ms ===")
     print(
-        f"workload: {work.passing}/{work.candidates} candidate masks ({work.passing / work.candidates:.0%}, a realistic share) "
-        f"pass pred_iou_thresh={s.pred_iou_thresh} after shifting the random IoU head by {work.iou_shift:+.3f} "
-        f"(its raw predictions span {work.iou_range[0]:.2f}..{work.iou_range[1]:.2f}); stability offset "
-        f"{s.stability_score_offset}, thresh {s.stability_score_thresh:.4f}; box NMS {s.box_nms_thresh}; "
+        f"workload: {work.passing}/{work.candidates} candidate masks "
+        f"({work.passing / work.candidates:.0%}, a realistic share) "
+        f"pass pred_iou_thresh={s.pred_iou_thresh} after shifting the random IoU head by "
+        f"{work.iou_shift:+.3f} "
+        f"(its raw predictions span {work.iou_range[0]:.2f}..{work.iou_range[1]:.2f}); stability "
+        "offset "
+        f"{s.stability_score_offset}, thresh {s.stability_score_thresh:.4f}; box NMS "
+        f"{s.box_nms_thresh}; "
         f"min region {s.min_mask_region_area} px; {crops} crops scored in both pipelines"
     )
     ms, gf = res["ms"], res["gflop"]
-    print(f"{'stage':<22}{'ref ms':>10}{'GFLOP':>8}{'GFLOP/s':>9} |{'pkg ms':>9}{'GFLOP':>8}{'GFLOP/s':>9} |{'ref/pkg':>8}")
+    print(
+        f"{'stage':<22}{'ref ms':>10}{'GFLOP':>8}{'GFLOP/s':>9} "
+        f"|{'pkg ms':>9}{'GFLOP':>8}{'GFLOP/s':>9} |{'ref/pkg':>8}"
+    )
     for stage in (*STAGES, "total"):
         r, p = ms["reference"][stage], ms["package"][stage]
         rg, pg = gf["reference"][stage], gf["package"][stage]
@@ -562,20 +681,31 @@ def print_size(label: str, work: Workload, res: dict, runs: int, crops: int) -> 
         )
     loc = ms["locate"]
     print(
-        f"package Locator.locate() end to end ({res['masks']['locate']} masks, cache cleared): {loc['total']:.0f} ms "
-        f"(encoder {loc['encoder']:.0f}, rest {loc['masks']:.0f}); reference/locate = {ms['reference']['total'] / loc['total']:.2f}x"
+        f"package Locator.locate() end to end ({res['masks']['locate']} masks, cache cleared): "
+        f"{loc['total']:.0f} ms "
+        f"(encoder {loc['encoder']:.0f}, rest {loc['masks']:.0f}); reference/locate = "
+        f"{ms['reference']['total'] / loc['total']:.2f}x"
     )
     print(
-        f"process CPU time per run (all threads; steadier than wall time when other work shares the cores): "
-        f"reference {ms['reference']['cpu']:.0f} ms, package {ms['package']['cpu']:.0f} ms, locate {loc['cpu']:.0f} ms; "
+        "process CPU time per run (all threads; steadier than wall time when other work shares "
+        "the cores): "
+        f"reference {ms['reference']['cpu']:.0f} ms, package {ms['package']['cpu']:.0f} ms, "
+        f"locate {loc['cpu']:.0f} ms; "
         f"reference/package {ms['reference']['cpu'] / ms['package']['cpu']:.2f}x"
     )
     print(f"repeat_command_ms (same frame, never-seen phrase): {res['repeat_command_ms']:.0f}")
-    print(f"peak RSS during a run (sampled): reference {res['peak_rss_mb']['reference']:.0f} MB, package {res['peak_rss_mb']['package']:.0f} MB, locate {res['peak_rss_mb']['locate']:.0f} MB")
     print(
-        f"answers: masks ref {res['masks']['reference']} / pkg {res['masks']['package']}, min same-index mask IoU "
-        f"{res['min_same_index_mask_iou']:.4f}, max crop-embedding diff {res['max_embedding_diff']:.1e}; "
-        f"best box IoU for '{ANSWER_PHRASE}' (reference vs locate()) {res['best_box_iou']:.4f}, best mask IoU {res['best_mask_iou']:.4f}"
+        f"peak RSS during a run (sampled): reference {res['peak_rss_mb']['reference']:.0f} MB, "
+        f"package {res['peak_rss_mb']['package']:.0f} MB, locate "
+        f"{res['peak_rss_mb']['locate']:.0f} MB"
+    )
+    print(
+        f"answers: masks ref {res['masks']['reference']} / pkg {res['masks']['package']}, min "
+        "same-index mask IoU "
+        f"{res['min_same_index_mask_iou']:.4f}, max crop-embedding diff "
+        f"{res['max_embedding_diff']:.1e}; "
+        f"best box IoU for '{ANSWER_PHRASE}' (reference vs locate()) {res['best_box_iou']:.4f}, "
+        f"best mask IoU {res['best_mask_iou']:.4f}"
     )
     for name, row in res["rows"].items():
         print(row_line(name, row, ms["reference"]))
@@ -589,13 +719,20 @@ def row_line(name: str, row: dict, reference_ms: Dict[str, float]) -> str:
         mobile_sam, flops = f"MobileSAM {st.get('proposals', 0.0):.0f}", ""
     else:
         gflop = sum(v for k, v in row["gflop"].items() if k in ("encoder", "masks"))
-        mobile_sam = f"MobileSAM {st.get('proposals', 0.0):.0f} of which encoder {r['encoder']:.0f}"
+        mobile_sam = (
+            f"MobileSAM {st.get('proposals', 0.0):.0f} of which encoder {r['encoder']:.0f}"
+        )
         flops = f", {gflop:.1f} GFLOP (encoder {row['gflop'].get('encoder', 0.0):.1f})"
     relevance = f"relevance windows {st.get('relevance', 0.0):.0f}, " if fast else ""
-    work = f"{row['prompts']} prompts decoded, {row['crops']} crops scored" if fast else f"{row['crops']} masks scored"
+    work = (
+        f"{row['prompts']} prompts decoded, {row['crops']} crops scored"
+        if fast
+        else f"{row['crops']} masks scored"
+    )
     why = "fast mode may rightly pick other masks" if fast else "another backend's masks"
     return (
-        f"{ROW_LABELS[name]}: Locator.locate() {r['total']:.0f} ms ({relevance}{mobile_sam}, crops "
+        f"{ROW_LABELS[name]}: Locator.locate() {r['total']:.0f} ms ({relevance}{mobile_sam}, "
+        "crops "
         f"{st.get('crops', 0.0):.0f}, text {st.get('text', 0.0):.0f}){flops}; {work}; "
         f"reference/{name} = {reference_ms['total'] / r['total']:.1f}x (process CPU time "
         f"{r['cpu']:.0f} ms, {reference_ms['cpu'] / r['cpu']:.1f}x); new phrase on the same frame "
@@ -619,7 +756,11 @@ def size_json(res: dict) -> dict:
         "repeat_command_ms": res["repeat_command_ms"],
         "masks": res["masks"],
         "peak_rss_sampled_mb": res["peak_rss_mb"],
-        **{key: value for name, row in res["rows"].items() for key, value in row_json(name, row, ms).items()},
+        **{
+            key: value
+            for name, row in res["rows"].items()
+            for key, value in row_json(name, row, ms).items()
+        },
     }
 
 
@@ -645,7 +786,11 @@ def profile_package(locator: Locator, work: Workload, top: int) -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         locator.locate(work.image, "pick the blue bowl")
     print(f"\n=== profile: Locator.locate, torch ops by self CPU time (top {top}) ===")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40
+        )
+    )
     locator.clear_cache()
     profiler = cProfile.Profile()
     profiler.runcall(locator.locate, work.image, "pick the green pen")
@@ -668,17 +813,34 @@ def fast_settings(settings: ProposalSettings) -> ProposalSettings:
 # ---------------------------------------------------------------- optional ONNX Runtime row
 
 
-def onnx_locators(config: LocatorConfig, fast_config: LocatorConfig, onnx_dir: str) -> Dict[str, Locator]:
+def onnx_locators(
+    config: LocatorConfig,
+    fast_config: LocatorConfig,
+    onnx_dir: str,
+    workers: Optional[CpuWorkers] = None,
+) -> Dict[str, Locator]:
     """Exact- and fast-mode Locators on the ONNX Runtime backend; {} (with the reason) when
     they cannot be built: this row is optional and must never stop the benchmark."""
     try:
-        exact = Locator.from_config(replace(config, backend="onnxruntime", onnx_dir=onnx_dir))
+        exact = build_locator(
+            replace(config, backend="onnxruntime", onnx_dir=onnx_dir), workers=workers
+        )
     except Exception as e:  # noqa: BLE001 - whatever the backend raises, the row is skipped
-        print(f"ONNX Runtime row skipped: cannot build a Locator from {onnx_dir!r}: {type(e).__name__}: {e}")
+        print(
+            f"ONNX Runtime row skipped: cannot build a Locator from {onnx_dir!r}: "
+            f"{type(e).__name__}: {e}"
+        )
         return {}
-    fast = Locator(replace(fast_config, backend="onnxruntime", onnx_dir=onnx_dir), exact.proposer, exact.scorer, exact.random_weights, exact.device)
+    fast = Locator(
+        replace(fast_config, backend="onnxruntime", onnx_dir=onnx_dir),
+        exact.proposer,
+        exact.scorer,
+        exact.random_weights,
+        exact.device,
+    )
     print(
-        f"ONNX Runtime row: models from {onnx_dir!r} (export them with the same --seed and clip model); "
+        f"ONNX Runtime row: models from {onnx_dir!r} (export them with the same --seed and clip "
+        "model); "
         "the IoU calibration's shift is added to the exported decoder's predictions."
     )
     return {"onnx": exact, "onnx_fast": fast}
@@ -694,6 +856,7 @@ class IouShiftedDecoder:
 
     def __init__(self, decoder, shift: float) -> None:
         self.decoder, self.shift = decoder, shift
+        self.parallel_batches = decoder.parallel_batches
 
     def set_image(self, *args) -> None:
         self.decoder.set_image(*args)
@@ -708,8 +871,11 @@ class IouShiftedDecoder:
 
 def onnx_proposer(locator: Locator, settings: ProposalSettings, shift: float) -> MaskProposer:
     """The ONNX row's proposer: calibrated settings and the calibrated IoU shift."""
-    sam = locator.proposer.sam
-    return MaskProposer(sam, settings, decoder=IouShiftedDecoder(sam.mask_decoder, shift))
+    segmenter = locator.proposer.segmenter
+    shifted = SamSegmenter(
+        segmenter.sam, IouShiftedDecoder(segmenter.decoder, shift), generator_model=None
+    )
+    return MaskProposer(shifted, settings)
 
 
 # ---------------------------------------------------------------- main
@@ -717,24 +883,53 @@ def onnx_proposer(locator: Locator, settings: ProposalSettings, shift: float) ->
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WxH (default: %(default)s)")
-    parser.add_argument("--runs", default="3", help="timed runs per pipeline; one number or one per size")
-    parser.add_argument("--crops", type=int, default=40, help="masks scored by both pipelines (default: %(default)s)")
+    parser.add_argument(
+        "--sizes", default="640x480,1280x720", help="comma-separated WxH (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--runs", default="3", help="timed runs per pipeline; one number or one per size"
+    )
+    parser.add_argument(
+        "--crops",
+        type=int,
+        default=40,
+        help="masks scored by both pipelines (default: %(default)s)",
+    )
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--image", choices=("coffee", "synthetic"), default="coffee")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-reps", type=int, default=15)
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile locate() (top N rows)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 320x240, 4x4 points, 4 crops, 1 run")
-    parser.add_argument("--fast-prompts", type=int, default=LocatorConfig.fast_prompts, help="fast mode's prompt budget (default: %(default)s)")
     parser.add_argument(
-        "--backend-onnx", metavar="DIR", default="",
-        help="OPTIONAL row: also time locate() on the ONNX Runtime backend with models exported to DIR",
+        "--profile", type=int, default=0, metavar="N", help="also profile locate() (top N rows)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 320x240, 4x4 points, 4 crops, 1 run"
+    )
+    parser.add_argument(
+        "--fast-prompts",
+        type=int,
+        default=LocatorConfig.fast_prompts,
+        help="fast mode's prompt budget (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend-onnx",
+        metavar="DIR",
+        default="",
+        help="OPTIONAL row: also time locate() on the ONNX Runtime backend with models "
+        "exported to DIR",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.runs, args.crops, args.points_per_side, args.text_reps = "320x240", "1", 4, 4, 2
+        args.sizes, args.runs, args.crops, args.points_per_side, args.text_reps = (
+            "320x240",
+            "1",
+            4,
+            4,
+            2,
+        )
     args.sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     runs = [int(r) for r in args.runs.split(",")]
     args.runs = runs * len(args.sizes) if len(runs) == 1 else runs
@@ -745,31 +940,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The process policy of every entry point (the node, the CLI): torch threads, the
+    # decoder's workers (one per core) and capped malloc arenas.
+    process = configure_process(num_threads=args.threads)
     from open_clip.tokenizer import SimpleTokenizer
 
     config = LocatorConfig(
-        device="cpu", allow_random_weights=True, seed=args.seed, score_threshold=0.0, max_detections=args.crops,
-        fast_prompts=args.fast_prompts, points_per_side=args.points_per_side,
+        device="cpu",
+        allow_random_weights=True,
+        seed=args.seed,
+        score_threshold=0.0,
+        max_detections=args.crops,
+        fast_prompts=args.fast_prompts,
+        points_per_side=args.points_per_side,
     )
     config.validate()
     models = load_models(**config.model_kwargs(), tune=False)
     stock_encoder = copy.deepcopy(models.sam.image_encoder)
     tune_image_encoder(models.sam)  # what load_models does by default
-    locator = Locator.from_models(config, models)
+    parts = torch_parts(models)
+    locator = Locator.from_models(config, parts, process.workers)
     # Fast mode on the same models; max_detections back at its default, which (with
     # FAST_SCORED_CROPS) bounds the crops fast mode scores.
     fast_config = replace(config, mode="fast", max_detections=LocatorConfig.max_detections)
     fast_config.validate()
     others: Dict[str, Locator] = {
-        "fast": Locator(fast_config, locator.proposer, locator.scorer, locator.random_weights, locator.device)
+        "fast": Locator(
+            fast_config, locator.proposer, locator.scorer, locator.random_weights, locator.device
+        )
     }
     if args.backend_onnx:
-        others.update(onnx_locators(config, fast_config, args.backend_onnx))
-    sam = locator.proposer.sam
+        others.update(onnx_locators(config, fast_config, args.backend_onnx, process.workers))
+    sam = models.sam
     reference_sam = stock_reference_sam(sam, stock_encoder)
-    tokenizer = SimpleTokenizer(context_length=locator.scorer.clip.context_length)
+    tokenizer = SimpleTokenizer(context_length=models.clip.context_length)
     clock = EncoderClock(sam.image_encoder, stock_encoder)
     encoder_name = type(sam.image_encoder).__name__
     original_bias = sam.mask_decoder.iou_prediction_head.layers[-1].bias.detach().clone()
@@ -779,32 +983,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rate_median, rate_best = matmul_gflops()
     print(
         f"load average at start: {load_average()}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; fp32 2048x2048 matmul: "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; fp32 2048x2048 matmul: "
         f"{rate_median:.0f} GFLOP/s median, {rate_best:.0f} best"
     )
     print(
-        "GFLOP: counted with torch.utils.flop_counter.FlopCounterMode on a warm-up run of each pipeline "
-        "(matmul/conv/attention FLOPs only; resampling, thresholds, RLE, NMS and cv2 work cost time but no GFLOP)"
+        "GFLOP: counted with torch.utils.flop_counter.FlopCounterMode on a warm-up run of each "
+        "pipeline "
+        "(matmul/conv/attention FLOPs only; resampling, thresholds, RLE, NMS and cv2 work cost "
+        "time but no GFLOP)"
     )
-    text = bench_text_tower(locator.scorer.clip, tokenizer, phrases, args.text_reps)
+    text = bench_text_tower(models.clip, tokenizer, phrases, args.text_reps)
     print(
-        f"text tower, 1 new phrase x {len(PROMPT_TEMPLATES)} templates ({locator.config.clip_model}): "
+        f"text tower, 1 new phrase x {len(PROMPT_TEMPLATES)} templates "
+        f"({locator.config.clip_model}): "
         f"full 77 tokens {text['ms']['full_77']:.1f} ms ({text['gflop']['full_77']:.1f} GFLOP), "
-        f"until EOT ({text['tokens']} tokens) {text['ms']['until_eot']:.1f} ms ({text['gflop']['until_eot']:.1f} GFLOP)"
+        f"until EOT ({text['tokens']} tokens) {text['ms']['until_eot']:.1f} ms "
+        f"({text['gflop']['until_eot']:.1f} GFLOP)"
     )
 
     per_size = {}
     for index, ((w, h), runs) in enumerate(zip(args.sizes, args.runs)):
         image = load_image((w, h), args.image)
-        work = calibrate(sam, reference_sam, original_bias, image, args.points_per_side, args.crops)
+        work = calibrate(
+            sam,
+            reference_sam,
+            original_bias,
+            image,
+            args.points_per_side,
+            args.crops,
+            process.workers,  # as before: the decoder's threads start in the calibration
+        )
         if index == 0:
-            print(f"tuned vs stock image encoder on this image: max abs difference {encoder_difference(sam, reference_sam, image):.1e}")
-        locator.proposer = MaskProposer(sam, work.settings)
-        others["fast"].proposer = MaskProposer(sam, fast_settings(work.settings))
+            print(
+                "tuned vs stock image encoder on this image: max abs difference "
+                f"{encoder_difference(sam, reference_sam, image):.1e}"
+            )
+        locator.proposer = MaskProposer(parts.segmenter, work.settings, process.workers)
+        others["fast"].proposer = MaskProposer(
+            parts.segmenter, fast_settings(work.settings), process.workers
+        )
         if "onnx" in others:
             others["onnx"].proposer = onnx_proposer(others["onnx"], work.settings, work.iou_shift)
-            others["onnx_fast"].proposer = onnx_proposer(others["onnx"], fast_settings(work.settings), work.iou_shift)
-        res = bench_size(locator, tokenizer, clock, encoder_name, work, runs, args.crops, phrases, others)
+            others["onnx_fast"].proposer = onnx_proposer(
+                others["onnx"], fast_settings(work.settings), work.iou_shift
+            )
+        res = bench_size(
+            locator, tokenizer, clock, encoder_name, work, runs, args.crops, phrases, others
+        )
         print_size(f"{w}x{h}", work, res, runs, args.crops)
         per_size[f"{w}x{h}"] = size_json(res)
         if args.profile and index == 0:
@@ -833,7 +1059,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "text_tower_ms": text["ms"],
         "fast_prompts_limit": args.fast_prompts,
         # fast_ms, speedup_fast, fast_prompts, fast_crops, ... (and onnx_* with --backend-onnx)
-        **{k: v for k, v in per_size[first].items() if any(k.startswith(f"{n}_") or k == f"speedup_{n}" for n in LOCATE_ROWS)},
+        **{
+            k: v
+            for k, v in per_size[first].items()
+            if any(k.startswith(f"{n}_") or k == f"speedup_{n}" for n in LOCATE_ROWS)
+        },
         "sizes": per_size,
     }
     print(json.dumps(summary))

@@ -4,6 +4,7 @@ mobile_sam's ``SamAutomaticMaskGenerator``, then one TinyCLIP forward per crop. 
 the yardstick: the equivalence test holds ``Locator`` to its answers and the benchmark
 measures the speed-up against it. Not used for serving.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -12,11 +13,17 @@ import numpy as np
 import torch
 
 from vlm_grasp_locator.pipeline.crop_scoring import CropScorer, crops_to_tensor, make_crop
-from vlm_grasp_locator.pipeline.mask_proposals import ProposalSettings, Proposals, proposals_from_records
+from vlm_grasp_locator.pipeline.mask_proposals import (
+    ProposalSettings,
+    Proposals,
+    proposals_from_records,
+)
 
 
 @torch.inference_mode()
-def reference_proposals(sam: torch.nn.Module, image: np.ndarray, settings: ProposalSettings) -> Proposals:
+def reference_proposals(
+    sam: torch.nn.Module, image: np.ndarray, settings: ProposalSettings
+) -> Proposals:
     from mobile_sam import SamAutomaticMaskGenerator
 
     records = SamAutomaticMaskGenerator(sam, **settings.generator_kwargs()).generate(image)
@@ -24,18 +31,23 @@ def reference_proposals(sam: torch.nn.Module, image: np.ndarray, settings: Propo
 
 
 @torch.inference_mode()
-def reference_crop_embeddings(scorer: CropScorer, image: np.ndarray, proposals: Proposals) -> torch.Tensor:
+def reference_crop_embeddings(
+    scorer: CropScorer, image: np.ndarray, proposals: Proposals
+) -> torch.Tensor:
     """One image-tower forward per crop, as the founding notes did."""
-    device = next(scorer.clip.parameters()).device
     rows = [
-        scorer.clip.encode_image(crops_to_tensor([make_crop(image, m, b, scorer.settings)]).to(device), normalize=True).float()
+        scorer.clip.encode_images(crops_to_tensor([make_crop(image, m, b, scorer.settings)]))
         for m, b in zip(proposals.masks, proposals.boxes_xyxy)
     ]
-    return torch.cat(rows) if rows else torch.zeros((0, scorer.clip.text_projection.shape[1]))
+    return torch.cat(rows) if rows else torch.zeros((0, scorer.clip.embed_dim))
 
 
 def reference_locate(
-    sam: torch.nn.Module, scorer: CropScorer, image: np.ndarray, target: str, settings: ProposalSettings
+    sam: torch.nn.Module,
+    scorer: CropScorer,
+    image: np.ndarray,
+    target: str,
+    settings: ProposalSettings,
 ) -> Tuple[Proposals, np.ndarray, np.ndarray]:
     """Proposals, their cosine similarity to ``target`` and calibrated scores."""
     proposals = reference_proposals(sam, image, settings)

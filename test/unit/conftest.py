@@ -1,4 +1,5 @@
 """Fixtures of the unit tests: the real architectures with random weights, built once."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,8 @@ def scene() -> np.ndarray:
 def locator():
     import torch
 
-    from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
+    from vlm_grasp_locator.backends.factory import build_locator
+    from vlm_grasp_locator.pipeline.locator import LocatorConfig
 
     torch.set_num_threads(2)
-    return Locator.from_config(LocatorConfig(**SMALL_PIPELINE))
+    return build_locator(LocatorConfig(**SMALL_PIPELINE), workers=None)

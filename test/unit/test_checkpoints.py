@@ -1,4 +1,5 @@
 """Checkpoint round trips in the layouts the publishers use, and refusal of bad files."""
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,12 @@ def checkpoints(tmp_path_factory) -> dict:
         "sam_model": sam,
         "clip_model": clip,
         "sam": write_mobile_sam(sam, folder / "mobile_sam.pt"),
-        "clip_zoo": write_clip_variant(clip, SMALL_CLIP, "tinyclip_published", folder / "TinyCLIP-ViT-8M-16-Text-3M-YFCC15M.pt"),
+        "clip_zoo": write_clip_variant(
+            clip,
+            SMALL_CLIP,
+            "tinyclip_published",
+            folder / "TinyCLIP-ViT-8M-16-Text-3M-YFCC15M.pt",
+        ),
     }
 
 
@@ -89,10 +95,22 @@ def test_fixture_is_the_published_training_layout(checkpoints):
         saved = torch.load(checkpoints["clip_zoo"], map_location="cpu", weights_only=True)
     assert {"args", "epoch", "optimizer", "state_dict"} <= set(saved)
     assert isinstance(saved["args"], argparse.Namespace) and saved["args"].model == SMALL_CLIP
-    assert sorted(saved["state_dict"]) == sorted(tinyclip_source_keys(clip_model_config(SMALL_CLIP)))
-    assert [len(opt["param_groups"]) for opt in saved["optimizer"]] == [2, 2, 2]  # image, text, joint
-    assert all(state["exp_avg"].shape == state["exp_avg_sq"].shape for opt in saved["optimizer"] for state in opt["state"].values())
-    assert saved["state_dict"]["_logit_scale.module.logit_scale"].exp().item() == pytest.approx(LAION_LOGIT_SCALE)
+    assert sorted(saved["state_dict"]) == sorted(
+        tinyclip_source_keys(clip_model_config(SMALL_CLIP))
+    )
+    assert [len(opt["param_groups"]) for opt in saved["optimizer"]] == [
+        2,
+        2,
+        2,
+    ]  # image, text, joint
+    assert all(
+        state["exp_avg"].shape == state["exp_avg_sq"].shape
+        for opt in saved["optimizer"]
+        for state in opt["state"].values()
+    )
+    assert saved["state_dict"]["_logit_scale.module.logit_scale"].exp().item() == pytest.approx(
+        LAION_LOGIT_SCALE
+    )
 
 
 def test_published_checkpoints_load_through_load_models(checkpoints):
@@ -111,8 +129,13 @@ def test_published_checkpoints_load_through_load_models(checkpoints):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_accepted_layout_gives_identical_outputs(checkpoints, variant, tmp_path):
-    path = checkpoints["clip_zoo"] if variant == "tinyclip_published" else write_clip_variant(
-        checkpoints["clip_model"], SMALL_CLIP, variant, tmp_path / f"{variant}.pt")
+    path = (
+        checkpoints["clip_zoo"]
+        if variant == "tinyclip_published"
+        else write_clip_variant(
+            checkpoints["clip_model"], SMALL_CLIP, variant, tmp_path / f"{variant}.pt"
+        )
+    )
     clip = build_tinyclip(SMALL_CLIP).eval()
     contents = load_checkpoint_into(clip, path, "TinyCLIP")
     assert (contents.layout, contents.container) == EXPECTED_LAYOUT[variant]
@@ -142,14 +165,24 @@ class Payload:
 
 def test_pickled_objects_are_refused_not_executed(tmp_path):
     evil = tmp_path / "evil.pt"
-    torch.save({"args": argparse.Namespace(model=SMALL_CLIP), "state_dict": {}, "payload": Payload()}, evil)
+    torch.save(
+        {"args": argparse.Namespace(model=SMALL_CLIP), "state_dict": {}, "payload": Payload()},
+        evil,
+    )
     with pytest.raises(CheckpointError, match="not allowed in a weights file"):
         load_state_dict(evil, "TinyCLIP")
 
 
 def test_training_checkpoint_without_weights_is_refused(tmp_path):
     path = tmp_path / "no_weights.pt"
-    torch.save({"args": argparse.Namespace(model=SMALL_CLIP), "epoch": 3, "optimizer": [{"state": {}, "param_groups": []}]}, path)
+    torch.save(
+        {
+            "args": argparse.Namespace(model=SMALL_CLIP),
+            "epoch": 3,
+            "optimizer": [{"state": {}, "param_groups": []}],
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match="does not contain a state dict of tensors") as info:
         read_checkpoint(path, "TinyCLIP")
     assert "args, epoch, optimizer" in str(info.value)
@@ -170,13 +203,25 @@ def test_wrong_architecture_is_refused_with_the_difference(checkpoints):
 
 def test_stray_and_doubled_weights_are_refused(checkpoints, tmp_path):
     with torch.serialization.safe_globals([argparse.Namespace]):
-        wrapped = dict(torch.load(checkpoints["clip_zoo"], map_location="cpu", weights_only=True)["state_dict"])
+        wrapped = dict(
+            torch.load(checkpoints["clip_zoo"], map_location="cpu", weights_only=True)[
+                "state_dict"
+            ]
+        )
     pruning = tmp_path / "pruning.pt"
-    torch.save({"state_dict": {**wrapped, "_image_encoder.module.l0_module.lambda_1": torch.zeros(())}}, pruning)
-    with pytest.raises(CheckpointError, match="1 unexpected keys: l0_module.lambda_1.*pruning masks"):
+    torch.save(
+        {"state_dict": {**wrapped, "_image_encoder.module.l0_module.lambda_1": torch.zeros(())}},
+        pruning,
+    )
+    with pytest.raises(
+        CheckpointError, match="1 unexpected keys: l0_module.lambda_1.*pruning masks"
+    ):
         load_checkpoint_into(build_tinyclip(SMALL_CLIP), pruning, "TinyCLIP")
     doubled = tmp_path / "doubled.pt"
-    torch.save({"state_dict": {**wrapped, "visual.proj": wrapped["_image_encoder.module.visual.proj"]}}, doubled)
+    torch.save(
+        {"state_dict": {**wrapped, "visual.proj": wrapped["_image_encoder.module.visual.proj"]}},
+        doubled,
+    )
     with pytest.raises(CheckpointError, match="stores 'visual.proj' twice"):
         read_checkpoint(doubled, "TinyCLIP")
 
@@ -191,15 +236,24 @@ def test_missing_checkpoint_names_file_and_remedy(tmp_path, monkeypatch):
     assert "download-models" in message and "--random-weights" in message
 
 
-def test_random_weights_only_when_allowed_and_a_checkpoint_is_missing(checkpoints, tmp_path, monkeypatch, caplog):
+def test_random_weights_only_when_allowed_and_a_checkpoint_is_missing(
+    checkpoints, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with caplog.at_level("WARNING"):
         models = load_models(device="cpu", clip_model=SMALL_CLIP, allow_random_weights=True)
     assert models.random_weights
-    assert "RANDOM WEIGHTS" in caplog.text and "meaningless" in caplog.text and "mobile_sam.pt" in caplog.text
+    assert (
+        "RANDOM WEIGHTS" in caplog.text
+        and "meaningless" in caplog.text
+        and "mobile_sam.pt" in caplog.text
+    )
     present = load_models(
-        device="cpu", clip_model=SMALL_CLIP, allow_random_weights=True,
-        mobile_sam_checkpoint=str(checkpoints["sam"]), clip_checkpoint=str(checkpoints["clip_zoo"]),
+        device="cpu",
+        clip_model=SMALL_CLIP,
+        allow_random_weights=True,
+        mobile_sam_checkpoint=str(checkpoints["sam"]),
+        clip_checkpoint=str(checkpoints["clip_zoo"]),
     )
     assert not present.random_weights
 
@@ -234,6 +288,7 @@ def test_calibrated_score_uses_the_checkpoint_logit_scale(checkpoints, tmp_path)
     at the temperature stored in the checkpoint (ln 50 in TinyCLIP's LAION runs)."""
     import copy
 
+    from vlm_grasp_locator.models.adapters import OpenClipModel
     from vlm_grasp_locator.pipeline.crop_scoring import NEGATIVE_PHRASES, CropScorer, CropSettings
 
     laion = build_tinyclip(SMALL_CLIP).eval()
@@ -241,15 +296,25 @@ def test_calibrated_score_uses_the_checkpoint_logit_scale(checkpoints, tmp_path)
     hundred = copy.deepcopy(checkpoints["clip_model"])
     set_logit_scale(hundred, 100.0)
     other = build_tinyclip(SMALL_CLIP).eval()
-    load_checkpoint_into(other, write_clip_variant(hundred, SMALL_CLIP, "open_clip_plain", tmp_path / "scale100.pt"), "TinyCLIP")
+    load_checkpoint_into(
+        other,
+        write_clip_variant(hundred, SMALL_CLIP, "open_clip_plain", tmp_path / "scale100.pt"),
+        "TinyCLIP",
+    )
 
-    scorer_50, scorer_100 = CropScorer(laion, CropSettings()), CropScorer(other, CropSettings())
+    cpu = torch.device("cpu")
+    scorer_50 = CropScorer(OpenClipModel(laion, cpu), CropSettings())
+    scorer_100 = CropScorer(OpenClipModel(other, cpu), CropSettings())
     assert scorer_50.logit_scale == pytest.approx(LAION_LOGIT_SCALE)
     assert scorer_100.logit_scale == pytest.approx(100.0)
-    crops = torch.nn.functional.normalize(torch.randn(6, 512, generator=torch.Generator().manual_seed(3)), dim=-1)
+    crops = torch.nn.functional.normalize(
+        torch.randn(6, 512, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
     similarity_50, score_50 = scorer_50.score(crops, "red block")
     similarity_100, score_100 = scorer_100.score(crops, "red block")
-    torch.testing.assert_close(torch.from_numpy(similarity_50), torch.from_numpy(similarity_100))  # same towers
+    torch.testing.assert_close(
+        torch.from_numpy(similarity_50), torch.from_numpy(similarity_100)
+    )  # same towers
     cosines = crops @ scorer_50.text.embed(["red block", *NEGATIVE_PHRASES]).T
     for scale, score in ((LAION_LOGIT_SCALE, score_50), (100.0, score_100)):
         expected = torch.softmax(scale * cosines, dim=-1)[:, 0]
@@ -281,8 +346,12 @@ def cache(checkpoints, tmp_path, monkeypatch):
     return folder
 
 
-def test_substituted_cache_file_is_refused_naming_file_and_both_digests(checkpoints, cache, monkeypatch):
-    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
+def test_substituted_cache_file_is_refused_naming_file_and_both_digests(
+    checkpoints, cache, monkeypatch
+):
+    monkeypatch.setattr(
+        models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"])
+    )
     published = clip_remote_file(SMALL_CLIP).sha256
     assert published == "3d9f86a556cd13acc1aa6cc18495a79ffd1f58b6f17a552400bdefd244c3a92c"
     with pytest.raises(CheckpointError, match="not the published file") as info:
@@ -311,34 +380,58 @@ def test_size_is_checked_before_the_digest(checkpoints, cache, monkeypatch):
 
 
 def test_published_file_in_the_cache_loads(checkpoints, cache, monkeypatch):
-    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
-    monkeypatch.setattr(models_module, "clip_remote_file",
-                        lambda name: own_pin(published_clip_file(name), checkpoints["clip_zoo"]))
+    monkeypatch.setattr(
+        models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"])
+    )
+    monkeypatch.setattr(
+        models_module,
+        "clip_remote_file",
+        lambda name: own_pin(published_clip_file(name), checkpoints["clip_zoo"]),
+    )
     models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
     assert_same_clip(models.clip, checkpoints["clip_model"])
 
 
 def test_unpinned_default_file_logs_its_digest(checkpoints, cache, monkeypatch, caplog):
     """Like the 61M model, whose digest is not published: loaded, and its digest logged to pin."""
-    monkeypatch.setattr(models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"]))
-    monkeypatch.setattr(models_module, "clip_remote_file",
-                        lambda name: dataclasses.replace(published_clip_file(name), sha256=None))
+    monkeypatch.setattr(
+        models_module, "mobile_sam_remote_file", lambda: own_pin(MOBILE_SAM, checkpoints["sam"])
+    )
+    monkeypatch.setattr(
+        models_module,
+        "clip_remote_file",
+        lambda name: dataclasses.replace(published_clip_file(name), sha256=None),
+    )
     with caplog.at_level(logging.INFO, logger="vlm_grasp_locator.models.checkpoints"):
         models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False)
     assert not models.random_weights
-    assert sha256_of(checkpoints["clip_zoo"]) in caplog.text and "no digest is published" in caplog.text
+    assert (
+        sha256_of(checkpoints["clip_zoo"]) in caplog.text
+        and "no digest is published" in caplog.text
+    )
 
 
 def test_configured_path_loads_unless_its_own_pin_differs(checkpoints):
     """A user's checkpoint at a configured path is not held to the published digest; a digest
     the user pins for it is."""
-    paths = dict(mobile_sam_checkpoint=str(checkpoints["sam"]), clip_checkpoint=str(checkpoints["clip_zoo"]))
+    paths = dict(
+        mobile_sam_checkpoint=str(checkpoints["sam"]), clip_checkpoint=str(checkpoints["clip_zoo"])
+    )
     wrong = "0" * 64
     with pytest.raises(CheckpointError, match="not the configured file") as info:
-        load_models(device="cpu", clip_model=SMALL_CLIP, tune=False, clip_checkpoint_sha256=wrong, **paths)
-    assert f"expected SHA-256 {wrong}" in str(info.value) and str(checkpoints["clip_zoo"]) in str(info.value)
-    models = load_models(device="cpu", clip_model=SMALL_CLIP, tune=False,
-                         clip_checkpoint_sha256=sha256_of(checkpoints["clip_zoo"]).upper(), **paths)
+        load_models(
+            device="cpu", clip_model=SMALL_CLIP, tune=False, clip_checkpoint_sha256=wrong, **paths
+        )
+    assert f"expected SHA-256 {wrong}" in str(info.value) and str(checkpoints["clip_zoo"]) in str(
+        info.value
+    )
+    models = load_models(
+        device="cpu",
+        clip_model=SMALL_CLIP,
+        tune=False,
+        clip_checkpoint_sha256=sha256_of(checkpoints["clip_zoo"]).upper(),
+        **paths,
+    )
     assert_same_clip(models.clip, checkpoints["clip_model"])
     with pytest.raises(ValueError, match="64 hex digits"):
         load_models(device="cpu", clip_model=SMALL_CLIP, mobile_sam_checkpoint_sha256="abc123")
@@ -354,7 +447,12 @@ def served(tmp_path):
 
 
 def test_download_keeps_only_the_pinned_file(served, tmp_path):
-    remote = RemoteFile(file="weights.pt", url=served.as_uri(), sha256=sha256_of(served), size=served.stat().st_size)
+    remote = RemoteFile(
+        file="weights.pt",
+        url=served.as_uri(),
+        sha256=sha256_of(served),
+        size=served.stat().st_size,
+    )
     destination = tmp_path / "cache" / "weights.pt"
     got = download(remote, destination, progress=lambda *a: None)
     assert (got.sha256, got.size) == (remote.sha256, remote.size)
@@ -365,14 +463,23 @@ def test_download_keeps_only_the_pinned_file(served, tmp_path):
     with pytest.raises(CheckpointError, match="not the published file") as info:
         download(wrong, destination, progress=lambda *a: None)
     message = str(info.value)
-    assert "weights.pt" in message and f"SHA-256 {remote.sha256}, expected SHA-256 {'f' * 64}" in message
+    assert (
+        "weights.pt" in message
+        and f"SHA-256 {remote.sha256}, expected SHA-256 {'f' * 64}" in message
+    )
     assert not destination.exists() and not list(destination.parent.glob("*.part"))
 
 
 def test_download_of_the_wrong_size_stops_before_fetching(served, tmp_path):
-    remote = RemoteFile(file="weights.pt", url=served.as_uri(), sha256="e" * 64, size=served.stat().st_size + 1)
+    remote = RemoteFile(
+        file="weights.pt", url=served.as_uri(), sha256="e" * 64, size=served.stat().st_size + 1
+    )
     fetched = []
     with pytest.raises(CheckpointError, match="not the published file") as info:
-        download(remote, tmp_path / "weights.pt", progress=lambda done, total, name: fetched.append(done))
+        download(
+            remote,
+            tmp_path / "weights.pt",
+            progress=lambda done, total, name: fetched.append(done),
+        )
     assert f"{served.stat().st_size} bytes, expected {remote.size} bytes" in str(info.value)
     assert fetched == [] and not list(tmp_path.glob("weights.pt*"))

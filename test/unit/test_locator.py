@@ -1,9 +1,13 @@
 """End-to-end ``Locator.locate`` on random weights: well-formed answers, bad input refused."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from vlm_grasp_locator.backends.factory import build_locator
+from vlm_grasp_locator.core.command_parser import parse_command
+from vlm_grasp_locator.pipeline import locator as locator_module
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
 
 from scenes import SMALL_PIPELINE
@@ -33,9 +37,11 @@ def test_locate_returns_ranked_detections(locator, scene):
     assert result.proposals >= len(result.detections)
     assert_well_formed(result, 320, 240)
     assert result.best is result.detections[0]
-    # Exact mode is the default: the grid, no text-chosen prompts, no fast-mode cache.
+    # Exact mode is the default: the grid, no text-chosen prompts, no fast-mode state.
     assert locator.config.mode == "exact" and result.prompts == 0
-    assert "relevance" not in result.timings_ms and locator._fast_cache is None
+    assert "relevance" not in result.timings_ms
+    frame = locator._frame
+    assert frame.exact is not None and not frame.targets and frame.encoded is None
 
 
 def test_second_command_on_same_frame_reuses_proposals(locator, scene):
@@ -48,7 +54,7 @@ def test_second_command_on_same_frame_reuses_proposals(locator, scene):
 
 
 def test_threshold_gives_not_found_instead_of_least_bad_box(scene):
-    strict = Locator.from_config(LocatorConfig(**{**SMALL_PIPELINE, "score_threshold": 1.0}))
+    strict = build_locator(LocatorConfig(**{**SMALL_PIPELINE, "score_threshold": 1.0}))
     result = strict.locate(scene, "take the scissors")
     assert not result.found and result.detections == []
     assert "scissors" in result.reason and "1.00" in result.reason
@@ -79,7 +85,9 @@ def test_image_variants_are_accepted(locator, scene, make):
 
 def test_bgr_input_is_the_same_image_as_rgb(locator, scene):
     rgb = locator.locate(scene, "take the block")
-    bgr = locator.locate(np.ascontiguousarray(scene[..., ::-1]), "take the block", channel_order="bgr")
+    bgr = locator.locate(
+        np.ascontiguousarray(scene[..., ::-1]), "take the block", channel_order="bgr"
+    )
     assert bgr.timings_ms["proposals"] == 0.0  # converted to the same pixels: cache hit
     assert [d.box_xyxy for d in bgr.detections] == [d.box_xyxy for d in rgb.detections]
 
@@ -101,15 +109,51 @@ def test_unusable_images_raise_value_error(locator, image, message):
 
 
 def test_large_image_is_downscaled_and_answers_map_back(scene):
-    small_models = Locator.from_config(LocatorConfig(**{**SMALL_PIPELINE, "max_image_side": 160}))
+    small_models = build_locator(LocatorConfig(**{**SMALL_PIPELINE, "max_image_side": 160}))
     big = np.repeat(np.repeat(scene, 2, axis=0), 2, axis=1)  # 640x480
     result = small_models.locate(big, "take the red block")
     assert_well_formed(result, 640, 480)
 
 
+def test_a_frame_key_names_the_frame_instead_of_its_pixels(locator, scene):
+    locator.clear_cache()
+    first = locator.locate(scene, "take the blue block", frame_key=7)
+    assert first.timings_ms["proposals"] > 0
+    # Same key: the frame's proposals, whatever array comes with it (no hashing).
+    again = locator.locate(np.zeros_like(scene), "take the red block", frame_key=7)
+    assert again.timings_ms["proposals"] == 0.0 and again.proposals == first.proposals
+    # Another key: another frame, even with the same pixels; and keys never meet hashes.
+    other = locator.locate(scene, "take the blue block", frame_key=8)
+    assert other.timings_ms["proposals"] > 0
+    hashed = locator.locate(scene, "take the blue block")
+    assert hashed.timings_ms["proposals"] > 0
+    assert [d.score for d in hashed.detections] == [d.score for d in first.detections]
+
+
+def test_a_parsed_command_is_not_parsed_again(locator, scene, monkeypatch):
+    parsed = parse_command("please take the green block")
+    calls = []
+    monkeypatch.setattr(locator_module, "parse_command", lambda text: calls.append(text))
+    result = locator.locate(scene, parsed)
+    assert calls == [] and result.target == "green block" and result.found
+    assert result.command == "please take the green block"
+
+
+def test_the_old_one_call_path_sends_other_backends_to_the_factory():
+    config = LocatorConfig(**{**SMALL_PIPELINE, "backend": "onnxruntime"})
+    with pytest.raises(ValueError, match="build_locator"):
+        Locator.from_config(config)
+
+
 def test_config_validation_names_the_field():
-    for field, value in [("points_per_side", 0), ("pred_iou_thresh", -0.1), ("device", "tpu"),
-                         ("clip_model", "ViT-H-14"), ("crop_mode", "zoom"), ("max_detections", 0)]:
+    for field, value in [
+        ("points_per_side", 0),
+        ("pred_iou_thresh", -0.1),
+        ("device", "tpu"),
+        ("clip_model", "ViT-H-14"),
+        ("crop_mode", "zoom"),
+        ("max_detections", 0),
+    ]:
         with pytest.raises(ValueError, match=field.split("_thresh")[0]):
             LocatorConfig(**{**SMALL_PIPELINE, field: value}).validate()
 

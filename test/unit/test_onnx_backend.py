@@ -5,6 +5,7 @@ graph must match torch to within ``TOLERANCE`` of its output's scale (max |ORT -
 / max |torch|; measured 5e-7 to 1.2e-6 on this machine: ORT fuses and reorders float
 work), and the whole pipeline must give the same proposals and best box.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,15 @@ import pytest
 import torch
 
 from scenes import SMALL_PIPELINE
-from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
+from vlm_grasp_locator.backends.factory import LOADERS, build_locator
+from vlm_grasp_locator.backends.onnx_runtime import OnnxExportError, OrtClip, load_onnx_models
+from vlm_grasp_locator.models.adapters import OpenClipModel
+from vlm_grasp_locator.models.interfaces import LoadedModels
 from vlm_grasp_locator.models.registry import load_models
-from vlm_grasp_locator.backends.onnx_runtime import OnnxExportError, load_onnx_models
 from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder
 from vlm_grasp_locator.models.text_encoder import encode_text_until_eot
+from vlm_grasp_locator.pipeline.crop_scoring import PROMPT_TEMPLATES
+from vlm_grasp_locator.pipeline.locator import Backend, LocatorConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = "TinyCLIP-ViT-8M-16-Text-3M"  # the smallest tower: the export is the slow part
@@ -33,7 +38,11 @@ TOLERANCE = 1e-5  # of the output's largest magnitude; measured <= 1.2e-6
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vlm_grasp_locator.tools.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "vlm_grasp_locator.tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -41,13 +50,24 @@ def assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, what: str) -> N
     assert got.shape == want.shape, what
     scale = float(want.abs().max())
     error = float((got.float() - want.float()).abs().max())
-    assert error <= TOLERANCE * max(scale, 1e-6), f"{what}: max error {error:.3g} at output scale {scale:.3g}"
+    assert error <= TOLERANCE * max(
+        scale, 1e-6
+    ), f"{what}: max error {error:.3g} at output scale {scale:.3g}"
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "export"
-    proc = run_cli("export-onnx", "--out", str(out), "--clip-model", CLIP, "--random-weights", "--seed", str(SEED))
+    proc = run_cli(
+        "export-onnx",
+        "--out",
+        str(out),
+        "--clip-model",
+        CLIP,
+        "--random-weights",
+        "--seed",
+        str(SEED),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM WEIGHTS" in proc.stdout and str(out) in proc.stdout
     return out
@@ -61,23 +81,45 @@ def torch_models():
 
 @pytest.fixture(scope="module")
 def ort_models(export_dir):
-    return load_onnx_models(device="cpu", clip_model=CLIP, allow_random_weights=True, seed=SEED, onnx_dir=str(export_dir))
+    return load_onnx_models(
+        device="cpu",
+        clip_model=CLIP,
+        allow_random_weights=True,
+        seed=SEED,
+        onnx_dir=str(export_dir),
+    )
 
 
 def test_manifest_records_the_export(export_dir):
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    assert manifest["clip_model"] == CLIP and manifest["random_weights"] is True and manifest["seed"] == SEED
+    assert (
+        manifest["clip_model"] == CLIP
+        and manifest["random_weights"] is True
+        and manifest["seed"] == SEED
+    )
     assert manifest["opset"] == 18 and manifest["torch"] == torch.__version__
     for entry in manifest["graphs"].values():
         assert (export_dir / entry["file"]).stat().st_size == entry["size"]
-    assert not [p for p in export_dir.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    assert not [
+        p for p in export_dir.parent.iterdir() if p.name.startswith(".")
+    ], "staging folder left behind"
+
+
+def test_both_backends_are_registered_and_load_the_same_protocols(ort_models):
+    assert set(LOADERS) == set(Backend)
+    assert isinstance(ort_models, LoadedModels) and isinstance(ort_models.clip, OrtClip)
+    # Capabilities are declared, not probed: ONNX Runtime batches itself, and has no
+    # module for mobile_sam's own generator.
+    assert ort_models.segmenter.decoder.parallel_batches is False
+    assert ort_models.segmenter.generator_model is None
+    assert ort_models.clip.device == ort_models.device == torch.device("cpu")
 
 
 def test_image_encoder_matches_torch(torch_models, ort_models):
     pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         want = torch_models.sam.image_encoder(pixels)
-        got = ort_models.sam.image_encoder(pixels)
+        got = ort_models.segmenter.sam.image_encoder(pixels)
     assert_close_to_scale(got, want, "image encoder")
 
 
@@ -90,40 +132,68 @@ def test_decoder_graphs_match_torch(torch_models, ort_models):
     with torch.inference_mode():
         # The prompt encoder stays in torch; the export carries its weights.
         sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-        ort_sparse, ort_dense = ort_models.sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        ort_sparse, ort_dense = ort_models.segmenter.sam.prompt_encoder(
+            points=(points, labels), boxes=None, masks=None
+        )
         assert torch.equal(sparse, ort_sparse) and torch.equal(dense, ort_dense)
         pe = sam.prompt_encoder.get_dense_pe()
-        reference, onnx = FastMaskDecoder(sam.mask_decoder), ort_models.sam.mask_decoder
+        reference, onnx = FastMaskDecoder(sam.mask_decoder), ort_models.segmenter.decoder
         reference.set_image(features, pe, dense[:1])
         onnx.set_image(features, pe, dense[:1])
         want, got = reference.run_transformer(sparse), onnx.run_transformer(sparse)
         for name in ("iou_pred", "mask_tokens", "image_tokens"):
             assert_close_to_scale(getattr(got, name), getattr(want, name), name)
         prompt_idx, mask_idx = torch.tensor([0, 0, 2, 3, 4, 4]), torch.tensor([1, 3, 2, 1, 1, 2])
-        assert_close_to_scale(onnx.masks_for(got, prompt_idx, mask_idx), reference.masks_for(want, prompt_idx, mask_idx), "mask logits")
+        assert_close_to_scale(
+            onnx.masks_for(got, prompt_idx, mask_idx),
+            reference.masks_for(want, prompt_idx, mask_idx),
+            "mask logits",
+        )
 
 
 def test_clip_towers_match_torch(torch_models, ort_models):
     from open_clip.tokenizer import SimpleTokenizer
 
     clip, onnx = torch_models.clip, ort_models.clip
+    adapted = OpenClipModel(clip, torch_models.device)
     pixels = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
-    tokens = SimpleTokenizer(context_length=clip.context_length)(
-        ["a photo of a red pen.", "scissors", "a close-up photo of a blue mug on a wooden table.", "x", "cup", "a", "b"]
-    )
+    texts = [
+        "a photo of a red pen.",
+        "scissors",
+        "a close-up photo of a blue mug on a wooden table.",
+        "x",
+        "cup",
+        "a",
+        "b",
+    ]
+    tokens = SimpleTokenizer(context_length=clip.context_length)(texts)
+    phrases = ["red pen", "blue mug on a wooden table", "x"]
     with torch.inference_mode():
-        assert_close_to_scale(onnx.encode_image(pixels, normalize=True), clip.encode_image(pixels, normalize=True), "image tower")
-        assert_close_to_scale(encode_text_until_eot(onnx, tokens), encode_text_until_eot(clip, tokens), "text tower")
-    assert float(onnx.logit_scale.detach()) == float(clip.logit_scale.detach())
+        want = clip.encode_image(pixels, normalize=True)
+        assert_close_to_scale(onnx.encode_images(pixels), want, "image tower")
+        assert_close_to_scale(adapted.encode_images(pixels), want, "image tower (adapter)")
+        want = encode_text_until_eot(clip, tokens)
+        assert_close_to_scale(onnx.encode_tokens(tokens), want, "text tower")
+        assert_close_to_scale(
+            onnx.encode_phrases(phrases, PROMPT_TEMPLATES),
+            adapted.encode_phrases(phrases, PROMPT_TEMPLATES),
+            "templated phrases",
+        )
+    assert onnx.logit_scale == pytest.approx(adapted.logit_scale, rel=1e-6)
+    assert onnx.embed_dim == adapted.embed_dim
 
 
 def test_locator_onnxruntime_gives_the_torch_answer(export_dir, scene):
     # No box NMS and every mask reported, so all decoded masks are compared (random
     # weights make most of them overlap heavily).
-    config = dict(SMALL_PIPELINE, clip_model=CLIP, seed=SEED, box_nms_thresh=1.0, max_detections=1000)
+    config = dict(
+        SMALL_PIPELINE, clip_model=CLIP, seed=SEED, box_nms_thresh=1.0, max_detections=1000
+    )
     results = []
     for backend in ("torch", "onnxruntime"):
-        locator = Locator.from_config(LocatorConfig(**config, backend=backend, onnx_dir=str(export_dir)))
+        locator = build_locator(
+            LocatorConfig(**config, backend=backend, onnx_dir=str(export_dir)), workers=None
+        )
         assert locator.random_weights
         results.append(locator.locate(scene, "take the red block"))
     want, got = results
@@ -145,31 +215,38 @@ def box_iou(a, b) -> float:
 
 
 def _onnx_config(onnx_dir: Path, **overrides) -> LocatorConfig:
-    values = dict(SMALL_PIPELINE, clip_model=CLIP, seed=SEED, backend="onnxruntime", onnx_dir=str(onnx_dir))
+    values = dict(
+        SMALL_PIPELINE, clip_model=CLIP, seed=SEED, backend="onnxruntime", onnx_dir=str(onnx_dir)
+    )
     values.update(overrides)
     return LocatorConfig(**values)
 
 
 def test_missing_export_says_to_run_export_onnx(tmp_path):
-    with pytest.raises(OnnxExportError, match=r"no ONNX export in .*manifest\.json missing.*vlm-grasp-locator export-onnx"):
-        Locator.from_config(_onnx_config(tmp_path / "nothing"))
+    with pytest.raises(
+        OnnxExportError,
+        match=r"no ONNX export in .*manifest\.json missing.*vlm-grasp-locator export-onnx",
+    ):
+        build_locator(_onnx_config(tmp_path / "nothing"))
 
 
 def test_partial_export_is_refused(export_dir, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(export_dir / "manifest.json", partial / "manifest.json")
-    with pytest.raises(OnnxExportError, match=r"incomplete: sam_image_encoder\.onnx missing.*export-onnx"):
-        Locator.from_config(_onnx_config(partial))
+    with pytest.raises(
+        OnnxExportError, match=r"incomplete: sam_image_encoder\.onnx missing.*export-onnx"
+    ):
+        build_locator(_onnx_config(partial))
 
 
 def test_export_of_another_configuration_is_refused(export_dir):
     with pytest.raises(OnnxExportError, match=rf"is of {CLIP}.*asks for TinyCLIP-ViT-40M"):
-        Locator.from_config(_onnx_config(export_dir, clip_model="TinyCLIP-ViT-40M-32-Text-19M"))
+        build_locator(_onnx_config(export_dir, clip_model="TinyCLIP-ViT-40M-32-Text-19M"))
     with pytest.raises(OnnxExportError, match="RANDOM WEIGHTS"):
-        Locator.from_config(_onnx_config(export_dir, allow_random_weights=False))
+        build_locator(_onnx_config(export_dir, allow_random_weights=False))
     with pytest.raises(OnnxExportError, match=f"seed {SEED}"):
-        Locator.from_config(_onnx_config(export_dir, seed=SEED + 1))
+        build_locator(_onnx_config(export_dir, seed=SEED + 1))
 
 
 def test_export_from_checkpoints_detects_a_changed_checkpoint(export_dir, tmp_path):
@@ -181,12 +258,27 @@ def test_export_from_checkpoints_detects_a_changed_checkpoint(export_dir, tmp_pa
     sam_file.write_bytes(b"sam weights")
     clip_file.write_bytes(b"clip weights")
     manifest = read_manifest(export_dir, CLIP, True)
-    manifest.update(random_weights=False, seed=None, checkpoints={"mobile_sam": checkpoint_record(sam_file), "clip": checkpoint_record(clip_file)})
-    kwargs = dict(clip_model=CLIP, mobile_sam_checkpoint=str(sam_file), clip_checkpoint=str(clip_file), allow_random_weights=False, seed=0)
+    manifest.update(
+        random_weights=False,
+        seed=None,
+        checkpoints={
+            "mobile_sam": checkpoint_record(sam_file),
+            "clip": checkpoint_record(clip_file),
+        },
+    )
+    kwargs = dict(
+        clip_model=CLIP,
+        mobile_sam_checkpoint=str(sam_file),
+        clip_checkpoint=str(clip_file),
+        allow_random_weights=False,
+        seed=0,
+    )
     check_export_matches(manifest, export_dir, **kwargs)  # unchanged: accepted
     os.utime(clip_file, ns=(0, 0))  # copied with a new mtime, same content: still accepted
     check_export_matches(manifest, export_dir, **kwargs)
-    check_export_matches(manifest, export_dir, **{**kwargs, "clip_checkpoint": str(tmp_path / "absent.pt")})  # edge device
+    check_export_matches(
+        manifest, export_dir, **{**kwargs, "clip_checkpoint": str(tmp_path / "absent.pt")}
+    )  # edge device
     clip_file.write_bytes(b"other weights")
     with pytest.raises(OnnxExportError, match=r"stale: .*clip\.pt changed.*export-onnx"):
         check_export_matches(manifest, export_dir, **kwargs)
@@ -228,8 +320,13 @@ def test_providers_cuda_first_when_offered_else_cpu(monkeypatch, caplog):
 
     from vlm_grasp_locator.backends.onnx_runtime import pick_providers
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert pick_providers(torch.device("cuda", 1)) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert pick_providers(torch.device("cuda", 1)) == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
     assert pick_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert pick_providers(torch.device("cuda")) == ["CPUExecutionProvider"]
@@ -237,4 +334,11 @@ def test_providers_cuda_first_when_offered_else_cpu(monkeypatch, caplog):
 
 
 def test_sessions_report_the_cpu_provider(ort_models):
-    assert ort_models.sam.image_encoder.graph.providers == ["CPUExecutionProvider"]
+    assert ort_models.segmenter.sam.image_encoder.graph.providers == ["CPUExecutionProvider"]
+
+
+def test_crop_layers_need_the_torch_generator(ort_models):
+    from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, ProposalSettings
+
+    with pytest.raises(ValueError, match="backend 'torch'"):
+        MaskProposer(ort_models.segmenter, ProposalSettings(crop_n_layers=1))

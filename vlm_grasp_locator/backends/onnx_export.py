@@ -29,6 +29,7 @@ MobileSAM's prompt encoder (a few kB) stays in torch; its weights are saved besi
 graphs. ``manifest.json`` records what the export was made from, so a stale or partial
 export is refused at load time instead of giving silently different answers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,9 +46,19 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from vlm_grasp_locator.models.checkpoints import MOBILE_SAM_FILE, cache_dir, resolve_checkpoint_path, sha256_of
-from vlm_grasp_locator.models.registry import LoadedModels, clip_remote_file, load_models
-from vlm_grasp_locator.models.sam_decoder import ImageSide, all_mask_logits, decode_tokens, image_side
+from vlm_grasp_locator.models.checkpoints import (
+    MOBILE_SAM_FILE,
+    cache_dir,
+    resolve_checkpoint_path,
+    sha256_of,
+)
+from vlm_grasp_locator.models.registry import TorchModels, clip_remote_file, load_models
+from vlm_grasp_locator.models.sam_decoder import (
+    ImageSide,
+    all_mask_logits,
+    decode_tokens,
+    image_side,
+)
 from vlm_grasp_locator.models.text_encoder import can_truncate, encode_cut_tokens
 
 LOG = logging.getLogger(__name__)
@@ -78,7 +89,12 @@ def resolve_onnx_dir(configured: str) -> Path:
 def checkpoint_record(path: Path) -> Dict[str, Any]:
     """What identifies a checkpoint file: size and mtime (cheap), SHA-256 (for copies)."""
     stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_of(path)}
+    return {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": sha256_of(path),
+    }
 
 
 # --- the graphs as modules: the same functions the torch backend runs ---------------
@@ -132,7 +148,9 @@ class _ClipText(torch.nn.Module):
         return encode_cut_tokens(self.clip, tokens, pool_at)
 
 
-def _graph_specs(models: LoadedModels) -> Dict[str, Tuple[torch.nn.Module, tuple, list, list, Optional[dict]]]:
+def _graph_specs(
+    models: TorchModels,
+) -> Dict[str, Tuple[torch.nn.Module, tuple, list, list, Optional[dict]]]:
     """name -> (module, example inputs, input names, output names, dynamic shapes).
 
     Dynamic example sizes are >= 2: torch.export specialises dimensions of size 0 and 1.
@@ -153,14 +171,26 @@ def _graph_specs(models: LoadedModels) -> Dict[str, Tuple[torch.nn.Module, tuple
         return torch.randn(*shape, device=device)
 
     with torch.inference_mode():
-        side = image_side(decoder.transformer, randn(1, c, gh, gw), randn(1, c, gh, gw), randn(1, c, gh, gw))
+        side = image_side(
+            decoder.transformer, randn(1, c, gh, gw), randn(1, c, gh, gw), randn(1, c, gh, gw)
+        )
         side = ImageSide(*(t.clone() for t in (side.image, side.pos, side.k0, side.v0, side.q0)))
-    prompts, points, masks = Dim("prompts", min=1, max=4096), Dim("points", min=1, max=16), Dim("masks", min=1, max=4096)
+    prompts, points, masks = (
+        Dim("prompts", min=1, max=4096),
+        Dim("points", min=1, max=16),
+        Dim("masks", min=1, max=4096),
+    )
     crops, texts = Dim("crops", min=1, max=4096), Dim("texts", min=1, max=4096)
     length = Dim("length", min=1, max=clip.context_length)
     tokens = torch.randint(1, 1000, (3, 10), device=device)
     return {
-        "sam_image_encoder": (sam.image_encoder, (randn(1, 3, size, size),), ["pixels"], ["features"], None),
+        "sam_image_encoder": (
+            sam.image_encoder,
+            (randn(1, 3, size, size),),
+            ["pixels"],
+            ["features"],
+            None,
+        ),
         "sam_decoder_image": (
             _DecoderImageSide(decoder),
             (randn(1, c, gh, gw), randn(1, c, gh, gw), randn(1, c, gh, gw)),
@@ -173,7 +203,14 @@ def _graph_specs(models: LoadedModels) -> Dict[str, Tuple[torch.nn.Module, tuple
             (side.image, side.pos, side.k0, side.v0, side.q0, randn(4, 2, c)),
             ["image", "pos", "k0", "v0", "q0", "sparse_embeddings"],
             ["iou_pred", "mask_tokens", "image_tokens"],
-            {"image": None, "pos": None, "k0": None, "v0": None, "q0": None, "sparse_embeddings": {0: prompts, 1: points}},
+            {
+                "image": None,
+                "pos": None,
+                "k0": None,
+                "v0": None,
+                "q0": None,
+                "sparse_embeddings": {0: prompts, 1: points},
+            },
         ),
         "sam_decoder_masks": (
             _DecoderMasks(decoder, (gh, gw)),
@@ -182,7 +219,13 @@ def _graph_specs(models: LoadedModels) -> Dict[str, Tuple[torch.nn.Module, tuple
             ["logits"],
             {"image_tokens": {0: masks}, "mask_tokens": {0: masks}},
         ),
-        "clip_image": (_ClipImage(clip), (randn(2, 3, crop, crop),), ["pixels"], ["embeddings"], {"pixels": {0: crops}}),
+        "clip_image": (
+            _ClipImage(clip),
+            (randn(2, 3, crop, crop),),
+            ["pixels"],
+            ["embeddings"],
+            {"pixels": {0: crops}},
+        ),
         "clip_text": (
             _ClipText(clip),
             (tokens, tokens.argmax(dim=-1)),
@@ -197,7 +240,9 @@ def _export_graph(module, args, path: Path, input_names, output_names, dynamic_s
     # The exporter reports progress with print(); keep the CLI's stdout for results. One
     # shared Dim on two inputs makes it warn that the second name is unused: it is meant.
     with contextlib.redirect_stdout(io.StringIO()) as chatter, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
+        warnings.filterwarnings(
+            "ignore", message=".*will not be used, since it shares the same shape constraints"
+        )
         try:
             torch.onnx.export(
                 module.eval(),
@@ -222,7 +267,9 @@ def _check_export_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} is not empty and holds no ONNX export ({MANIFEST}); refusing to overwrite it")
+        raise ValueError(
+            f"{out} is not empty and holds no ONNX export ({MANIFEST}); refusing to overwrite it"
+        )
 
 
 def export_onnx(
@@ -266,11 +313,17 @@ def export_onnx(
         clip_checkpoint_sha256=clip_checkpoint_sha256,
     )
     if not can_truncate(models.clip):
-        raise ValueError(f"{clip_model}: text tower is not a causal, EOT-pooled open_clip one; cannot export it")
+        raise ValueError(
+            f"{clip_model}: text tower is not a causal, EOT-pooled open_clip one; cannot export it"
+        )
     checkpoints: Dict[str, Optional[Dict[str, Any]]] = {"mobile_sam": None, "clip": None}
     if not models.random_weights:
-        checkpoints["mobile_sam"] = checkpoint_record(resolve_checkpoint_path(mobile_sam_checkpoint, MOBILE_SAM_FILE))
-        checkpoints["clip"] = checkpoint_record(resolve_checkpoint_path(clip_checkpoint, clip_remote_file(clip_model).file))
+        checkpoints["mobile_sam"] = checkpoint_record(
+            resolve_checkpoint_path(mobile_sam_checkpoint, MOBILE_SAM_FILE)
+        )
+        checkpoints["clip"] = checkpoint_record(
+            resolve_checkpoint_path(clip_checkpoint, clip_remote_file(clip_model).file)
+        )
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from the node's user
@@ -283,9 +336,18 @@ def export_onnx(
             started = time.perf_counter()
             _export_graph(module, args, path, inputs, outputs, dynamic)
             LOG.info("exported %s in %.1f s", path.name, time.perf_counter() - started)
-            graphs[name] = {"file": path.name, "size": path.stat().st_size, "sha256": sha256_of(path), "inputs": inputs, "outputs": outputs}
+            graphs[name] = {
+                "file": path.name,
+                "size": path.stat().st_size,
+                "sha256": sha256_of(path),
+                "inputs": inputs,
+                "outputs": outputs,
+            }
         prompt_encoder = staging / PROMPT_ENCODER_FILE
-        torch.save({k: v.detach().cpu() for k, v in models.sam.prompt_encoder.state_dict().items()}, prompt_encoder)
+        torch.save(
+            {k: v.detach().cpu() for k, v in models.sam.prompt_encoder.state_dict().items()},
+            prompt_encoder,
+        )
         sam, clip = models.sam, models.clip
         crop = clip.visual.image_size
         manifest = {
@@ -298,7 +360,11 @@ def export_onnx(
             "torch": torch.__version__,
             "exporter": f"torch.onnx.export(dynamo=True), onnxscript {onnxscript.__version__}",
             "graphs": graphs,
-            "prompt_encoder": {"file": PROMPT_ENCODER_FILE, "size": prompt_encoder.stat().st_size, "sha256": sha256_of(prompt_encoder)},
+            "prompt_encoder": {
+                "file": PROMPT_ENCODER_FILE,
+                "size": prompt_encoder.stat().st_size,
+                "sha256": sha256_of(prompt_encoder),
+            },
             "sam": {
                 "img_size": sam.image_encoder.img_size,
                 "mask_threshold": float(sam.mask_threshold),

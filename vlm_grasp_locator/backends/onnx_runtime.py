@@ -1,31 +1,47 @@
 """The ``onnxruntime`` backend: the graphs ``export-onnx`` wrote, run by ONNX Runtime.
 
-``load_onnx_models`` returns the same ``LoadedModels`` as the torch backend. Its heavy
-parts are thin ``torch.nn.Module`` wrappers around ONNX Runtime sessions (torch tensors
-in, numpy across, torch tensors back on the model device), so the pipeline code does
-not change: ``OrtImageEncoder`` replaces MobileSAM's image encoder inside a mobile_sam
-``Sam`` (its prompt encoder stays in torch with the exported weights), ``OrtMaskDecoder``
-offers ``FastMaskDecoder``'s interface and ``OrtClip`` the three things ``CropScorer``
-uses of a CLIP model (``encode_image``, ``encode_text``, ``logit_scale``). No checkpoint
-is read: the export folder is all an edge device needs.
+``load_onnx_models`` returns the same ``LoadedModels`` as the torch backend: the
+pipeline's protocols (``models.interfaces``) over ONNX Runtime sessions (torch tensors
+in, numpy across, torch tensors back on the model device). ``OrtImageEncoder`` replaces
+MobileSAM's image encoder inside a mobile_sam ``Sam`` (its prompt encoder stays in torch
+with the exported weights) served by the same ``SamSegmenter`` as torch's, with
+``OrtMaskDecoder`` as its ``MaskDecoder``; ``OrtClip`` is the ``ImageTextModel``. No
+checkpoint is read: the export folder is all an edge device needs.
 
 Execution providers: CUDA first when the device resolves to a GPU and this ONNX Runtime
 build offers ``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` wheel), else the CPU.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from vlm_grasp_locator.models.checkpoints import MOBILE_SAM_FILE, CheckpointError, resolve_checkpoint_path, sha256_of
-from vlm_grasp_locator.models.registry import RANDOM_WEIGHTS_WARNING, LoadedModels, clip_remote_file, resolve_device
-from vlm_grasp_locator.backends.onnx_export import GRAPHS, MANIFEST, MANIFEST_FORMAT, resolve_onnx_dir
+from vlm_grasp_locator.backends.onnx_export import (
+    GRAPHS,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    resolve_onnx_dir,
+)
+from vlm_grasp_locator.models.adapters import SamSegmenter
+from vlm_grasp_locator.models.checkpoints import (
+    MOBILE_SAM_FILE,
+    CheckpointError,
+    resolve_checkpoint_path,
+    sha256_of,
+)
+from vlm_grasp_locator.models.interfaces import LoadedModels
+from vlm_grasp_locator.models.registry import (
+    RANDOM_WEIGHTS_WARNING,
+    clip_remote_file,
+    resolve_device,
+)
 from vlm_grasp_locator.models.sam_decoder import DecodedTokens
 from vlm_grasp_locator.models.text_encoder import cut_at_eot
 
@@ -50,11 +66,16 @@ def pick_providers(device: torch.device) -> List[Any]:
     available = ort.get_available_providers()
     if device.type == "cuda":
         if "CUDAExecutionProvider" in available:
-            return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+            return [
+                ("CUDAExecutionProvider", {"device_id": device.index or 0}),
+                "CPUExecutionProvider",
+            ]
         LOG.warning(
-            "device %s asked for, but this onnxruntime has no CUDAExecutionProvider (providers: %s; "
+            "device %s asked for, but this onnxruntime has no CUDAExecutionProvider "
+            "(providers: %s; "
             "the onnxruntime-gpu wheel has it): the ONNX graphs run on the CPU",
-            device, ", ".join(available),
+            device,
+            ", ".join(available),
         )
     return ["CPUExecutionProvider"]
 
@@ -62,7 +83,9 @@ def pick_providers(device: torch.device) -> List[Any]:
 class OrtGraph:
     """One ONNX Runtime session; called with torch tensors, returns torch tensors on ``device``."""
 
-    def __init__(self, path: Path, providers: List[Any], device: torch.device, threads: int) -> None:
+    def __init__(
+        self, path: Path, providers: List[Any], device: torch.device, threads: int
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -70,10 +93,14 @@ class OrtGraph:
         # Spinning worker threads (ORT's default) hold the cores between calls, where torch's
         # own threads need them: the decoder loop alternates between the two.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only; ORT's warnings about unused initialisers are noise
+        options.log_severity_level = (
+            3  # errors only; ORT's warnings about unused initialisers are noise
+        )
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        except (
+            Exception
+        ) as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise OnnxExportError(f"ONNX Runtime cannot load {path}: {e}") from e
         self.name = path.stem
         self.device = device
@@ -108,7 +135,9 @@ class OrtImageEncoder(torch.nn.Module):
 
 
 def select_masks(
-    prompt_idx: torch.Tensor, mask_idx: torch.Tensor, logits_for: Callable[[torch.Tensor], torch.Tensor]
+    prompt_idx: torch.Tensor,
+    mask_idx: torch.Tensor,
+    logits_for: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """Logits (K, H, W) of the (prompt, mask) pairs asked for, ``UPSCALE_CHUNK`` prompts at a time.
 
@@ -128,14 +157,21 @@ def select_masks(
 
 
 class OrtMaskDecoder(torch.nn.Module):
-    """``FastMaskDecoder``'s interface (set_image / run_transformer / masks_for) on three graphs."""
+    """An ``interfaces.MaskDecoder`` on three graphs (a module only to sit inside ``Sam``).
+
+    ONNX Runtime spreads each call over the cores itself, so its batches run one by one.
+    """
+
+    parallel_batches = False
 
     def __init__(self, image_side: OrtGraph, prompts: OrtGraph, masks: OrtGraph) -> None:
         super().__init__()
         self.image_side_graph, self.prompts_graph, self.masks_graph = image_side, prompts, masks
         self._side: Optional[List[torch.Tensor]] = None
 
-    def set_image(self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> None:
+    def set_image(
+        self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor
+    ) -> None:
         self._side = self.image_side_graph(features, image_pe, dense_embedding)
 
     def run_transformer(self, sparse_embeddings: torch.Tensor) -> DecodedTokens:
@@ -144,40 +180,52 @@ class OrtMaskDecoder(torch.nn.Module):
         iou_pred, mask_tokens, image_tokens = self.prompts_graph(*self._side, sparse_embeddings)
         return DecodedTokens(iou_pred=iou_pred, mask_tokens=mask_tokens, image_tokens=image_tokens)
 
-    def masks_for(self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor) -> torch.Tensor:
+    def masks_for(
+        self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor
+    ) -> torch.Tensor:
         return select_masks(
-            prompt_idx, mask_idx, lambda chunk: self.masks_graph(tokens.image_tokens[chunk], tokens.mask_tokens[chunk])[0]
+            prompt_idx,
+            mask_idx,
+            lambda chunk: self.masks_graph(tokens.image_tokens[chunk], tokens.mask_tokens[chunk])[
+                0
+            ],
         )
 
 
-class OrtClip(torch.nn.Module):
-    """The parts of an open_clip CLIP that the pipeline uses; outputs are L2-normalised."""
+class OrtClip:
+    """An ``interfaces.ImageTextModel`` on the exported towers; outputs are L2-normalised."""
 
-    def __init__(self, image: OrtGraph, text: OrtGraph, info: Dict[str, Any]) -> None:
-        super().__init__()
+    def __init__(
+        self, image: OrtGraph, text: OrtGraph, info: Dict[str, Any], device: torch.device
+    ) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
         self.image_graph, self.text_graph = image, text
-        # A parameter, so ``next(clip.parameters()).device`` names the model device as for torch.
-        self.logit_scale = torch.nn.Parameter(torch.tensor(float(info["logit_scale"])), requires_grad=False)
+        self.device = device
+        self.logit_scale = min(float(np.exp(float(info["logit_scale"]))), 100.0)
         self.context_length = int(info["context_length"])
-        self.text_pool_type = info["text_pool_type"]
-        self.text_eos_id = info["text_eos_id"]
+        # What ``text_encoder.cut_at_eot`` reads to find each text's pooling position.
+        self.text_pool_type: str = info["text_pool_type"]
+        self.text_eos_id: Optional[int] = info["text_eos_id"]
         self.embed_dim = int(info["embed_dim"])
         self.image_size = int(info["image_size"])
+        self.tokenizer = SimpleTokenizer(context_length=self.context_length)
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        if not normalize:
-            raise ValueError("the exported image tower gives normalised embeddings only")
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         if len(pixels) == 0:
-            return torch.zeros((0, self.embed_dim), device=self.logit_scale.device)
-        return self.image_graph(pixels)[0]
+            return torch.zeros((0, self.embed_dim), device=self.device)
+        return self.image_graph(pixels)[0].float()
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        if not normalize:
-            raise ValueError("the exported text tower gives normalised embeddings only")
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, context_length) token ids -> (B, D), as ``text_encoder.encode_text_until_eot``."""
         if len(tokens) == 0:
-            return torch.zeros((0, self.embed_dim), device=self.logit_scale.device)
+            return torch.zeros((0, self.embed_dim), device=self.device)
         cut, pool_at = cut_at_eot(self, tokens)
-        return self.text_graph(cut.long(), pool_at.long())[0]
+        return self.text_graph(cut.long(), pool_at.long())[0].float()
+
+    def encode_phrases(self, phrases: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        texts = [t.format(p) for p in phrases for t in templates]
+        return self.encode_tokens(self.tokenizer(texts)).view(len(phrases), len(templates), -1)
 
 
 def read_manifest(onnx_dir: Path, clip_model: str, allow_random_weights: bool) -> Dict[str, Any]:
@@ -185,20 +233,29 @@ def read_manifest(onnx_dir: Path, clip_model: str, allow_random_weights: bool) -
     path = onnx_dir / MANIFEST
     remedy = f"run `{export_command(onnx_dir, clip_model, allow_random_weights)}`"
     if not path.is_file():
-        raise OnnxExportError(f"backend onnxruntime: no ONNX export in {onnx_dir} ({MANIFEST} missing); {remedy}")
+        raise OnnxExportError(
+            f"backend onnxruntime: no ONNX export in {onnx_dir} ({MANIFEST} missing); {remedy}"
+        )
     try:
         manifest = json.loads(path.read_text())
         files = [manifest["graphs"][name] for name in GRAPHS] + [manifest["prompt_encoder"]]
         if manifest.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
     except (ValueError, KeyError, TypeError) as e:
-        raise OnnxExportError(f"ONNX export {path} is unreadable or from another version ({e}); {remedy}") from e
+        raise OnnxExportError(
+            f"ONNX export {path} is unreadable or from another version ({e}); {remedy}"
+        ) from e
     for entry in files:
         file = onnx_dir / entry["file"]
         if not file.is_file():
-            raise OnnxExportError(f"ONNX export in {onnx_dir} is incomplete: {entry['file']} missing; {remedy}")
+            raise OnnxExportError(
+                f"ONNX export in {onnx_dir} is incomplete: {entry['file']} missing; {remedy}"
+            )
         if file.stat().st_size != entry["size"]:
-            raise OnnxExportError(f"ONNX export in {onnx_dir} was modified: {entry['file']} has another size; {remedy}")
+            raise OnnxExportError(
+                f"ONNX export in {onnx_dir} was modified: {entry['file']} has another size; "
+                f"{remedy}"
+            )
     return manifest
 
 
@@ -220,7 +277,8 @@ def check_export_matches(
     remedy = f"run `{export_command(onnx_dir, clip_model, allow_random_weights)}`"
     if manifest["clip_model"] != clip_model:
         raise OnnxExportError(
-            f"the ONNX export in {onnx_dir} is of {manifest['clip_model']}, the configuration asks for {clip_model}; {remedy}"
+            f"the ONNX export in {onnx_dir} is of {manifest['clip_model']}, the configuration "
+            f"asks for {clip_model}; {remedy}"
         )
     checkpoints = {
         "mobile_sam": resolve_checkpoint_path(mobile_sam_checkpoint, MOBILE_SAM_FILE),
@@ -229,28 +287,38 @@ def check_export_matches(
     if manifest["random_weights"]:
         if not allow_random_weights:
             raise OnnxExportError(
-                f"the ONNX export in {onnx_dir} was made with RANDOM WEIGHTS; allow random weights "
+                f"the ONNX export in {onnx_dir} was made with RANDOM WEIGHTS; "
+                "allow random weights "
                 f"(--random-weights, allow_random_weights) to use it, or export from checkpoints: "
                 f"`{export_command(onnx_dir, clip_model, False)}`"
             )
         if all(path.is_file() for path in checkpoints.values()):
-            raise OnnxExportError(f"the ONNX export in {onnx_dir} has random weights but the checkpoints are present now; {remedy}")
+            raise OnnxExportError(
+                f"the ONNX export in {onnx_dir} has random weights but the checkpoints are "
+                f"present now; {remedy}"
+            )
         if manifest["seed"] != seed:
             raise OnnxExportError(
-                f"the ONNX export in {onnx_dir} has random weights from seed {manifest['seed']}, the configuration asks for seed {seed}"
+                f"the ONNX export in {onnx_dir} has random weights from seed {manifest['seed']}, "
+                f"the configuration asks for seed {seed}"
             )
         return
     for key, path in checkpoints.items():
         recorded = manifest["checkpoints"][key]
         if not path.is_file():
-            LOG.info("checkpoint %s absent; using the ONNX export made from %s", path, recorded["path"])
+            LOG.info(
+                "checkpoint %s absent; using the ONNX export made from %s", path, recorded["path"]
+            )
             continue
         stat = path.stat()
         same = stat.st_size == recorded["size"] and (
             stat.st_mtime_ns == recorded["mtime_ns"] or sha256_of(path) == recorded["sha256"]
         )
         if not same:
-            raise OnnxExportError(f"the ONNX export in {onnx_dir} is stale: {path} changed since it was exported; {remedy}")
+            raise OnnxExportError(
+                f"the ONNX export in {onnx_dir} is stale: {path} changed since it was exported; "
+                f"{remedy}"
+            )
 
 
 def load_onnx_models(
@@ -263,7 +331,8 @@ def load_onnx_models(
     seed: int = 0,
     onnx_dir: str = "",
 ) -> LoadedModels:
-    """``load_models`` for ``backend: onnxruntime``: ONNX Runtime sessions on the export in ``onnx_dir``."""
+    """The models of ``backend: onnxruntime``: ONNX Runtime sessions on the export in
+    ``onnx_dir`` (``backends.factory`` calls this)."""
     torch_device = resolve_device(device)
     folder = resolve_onnx_dir(onnx_dir)
     manifest = read_manifest(folder, clip_model, allow_random_weights)
@@ -280,8 +349,15 @@ def load_onnx_models(
         LOG.warning("%s (ONNX export %s)", RANDOM_WEIGHTS_WARNING, folder)
     providers = pick_providers(torch_device)
     threads = torch.get_num_threads()
-    graphs = {name: OrtGraph(folder / manifest["graphs"][name]["file"], providers, torch_device, threads) for name in GRAPHS}
-    LOG.info("ONNX Runtime execution providers: %s (export %s)", ", ".join(graphs["sam_image_encoder"].providers), folder)
+    graphs = {
+        name: OrtGraph(folder / manifest["graphs"][name]["file"], providers, torch_device, threads)
+        for name in GRAPHS
+    }
+    LOG.info(
+        "ONNX Runtime execution providers: %s (export %s)",
+        ", ".join(graphs["sam_image_encoder"].providers),
+        folder,
+    )
 
     info = manifest["sam"]
     with warnings.catch_warnings():
@@ -295,14 +371,27 @@ def load_onnx_models(
     )
     weights_file = folder / manifest["prompt_encoder"]["file"]
     try:
-        prompt_encoder.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        prompt_encoder.load_state_dict(
+            torch.load(weights_file, map_location="cpu", weights_only=True)
+        )
     except (RuntimeError, OSError, ValueError) as e:
-        raise OnnxExportError(f"{weights_file} does not hold MobileSAM prompt-encoder weights ({e})") from e
+        raise OnnxExportError(
+            f"{weights_file} does not hold MobileSAM prompt-encoder weights ({e})"
+        ) from e
     sam = Sam(
         image_encoder=OrtImageEncoder(graphs["sam_image_encoder"], int(info["img_size"])),
         prompt_encoder=prompt_encoder,
-        mask_decoder=OrtMaskDecoder(graphs["sam_decoder_image"], graphs["sam_decoder_prompts"], graphs["sam_decoder_masks"]),
+        mask_decoder=OrtMaskDecoder(
+            graphs["sam_decoder_image"], graphs["sam_decoder_prompts"], graphs["sam_decoder_masks"]
+        ),
     )
     sam.mask_threshold = float(info["mask_threshold"])
-    clip = OrtClip(graphs["clip_image"], graphs["clip_text"], manifest["clip"])
-    return LoadedModels(sam.eval().to(torch_device), clip.eval().to(torch_device), clip_model, torch_device, bool(manifest["random_weights"]))
+    sam = sam.eval().to(torch_device)
+    return LoadedModels(
+        # mobile_sam's own generator would call the decoder as a module: not offered.
+        segmenter=SamSegmenter(sam, sam.mask_decoder, generator_model=None),
+        clip=OrtClip(graphs["clip_image"], graphs["clip_text"], manifest["clip"], torch_device),
+        clip_name=clip_model,
+        device=torch_device,
+        random_weights=bool(manifest["random_weights"]),
+    )

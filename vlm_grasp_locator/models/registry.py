@@ -1,4 +1,5 @@
 """Building MobileSAM and TinyCLIP, with checkpoints or (only when asked) random weights."""
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,16 @@ def available_clip_models() -> List[str]:
 
 def clip_model_config(name: str) -> Dict[str, Any]:
     if name not in available_clip_models():
-        raise ValueError(f"unknown clip_model {name!r}; available: {', '.join(available_clip_models())}")
+        raise ValueError(
+            f"unknown clip_model {name!r}; available: {', '.join(available_clip_models())}"
+        )
     text = (resources.files(__package__) / "configs" / f"{name}.json").read_text()
     return json.loads(text)
 
 
 def clip_remote_file(name: str) -> RemoteFile:
-    """The published checkpoint of a TinyCLIP configuration, with its pinned size/SHA-256 where known."""
+    """The published checkpoint of a TinyCLIP configuration, with its pinned size/SHA-256
+    where known."""
     return RemoteFile(**clip_model_config(name)["checkpoint"])
 
 
@@ -100,7 +104,10 @@ class _CheckpointSource:
 
 
 @dataclass
-class LoadedModels:
+class TorchModels:
+    """MobileSAM and TinyCLIP as torch modules (``adapters.torch_parts`` puts them behind
+    the pipeline's protocols)."""
+
     sam: torch.nn.Module
     clip: torch.nn.Module
     clip_name: str
@@ -116,56 +123,40 @@ def load_models(
     clip_checkpoint: str = "",
     allow_random_weights: bool = False,
     seed: int = 0,
-    backend: str = "torch",
-    onnx_dir: str = "",
     tune: bool = True,
     mobile_sam_checkpoint_sha256: str = "",
     clip_checkpoint_sha256: str = "",
-) -> LoadedModels:
+) -> TorchModels:
     """Build both models on ``device`` with their checkpoints' weights.
 
     Where a checkpoint file is missing and ``allow_random_weights`` is set, both models
     keep random weights instead (with a loud warning). Raises ``CheckpointError`` for a
     missing (not allowed), corrupt or mismatched checkpoint and ``ValueError`` for a bad
-    device or model name. ``backend="onnxruntime"`` runs the graphs ``export-onnx`` wrote
-    into ``onnx_dir`` instead (``onnx_backend``; ``OnnxExportError``, a ``CheckpointError``,
-    when that export is missing, partial, stale or of another configuration).
-    ``tune`` rewrites the torch MobileSAM encoder for inference (``model_tuning``: same
-    maths, faster); ``False`` keeps mobile_sam's modules exactly as built.
+    device or model name. ``tune`` rewrites the MobileSAM encoder for inference
+    (``tuning``: same maths, faster); ``False`` keeps mobile_sam's modules exactly as
+    built. (Backends are chosen by ``backends.factory``; this is the torch one's loader
+    and the exporter's.)
 
     Before loading, the default file in the cache is held to its published size and
     SHA-256 (where published; otherwise its digest is logged so it can be pinned) and
     any checkpoint to the ``*_sha256`` configured for it; a file at a configured path
     with no digest configured is not checked. A file that differs raises
-    ``CheckpointError`` naming it and both digests. (The ONNX Runtime backend checks
-    its export against the checkpoints the export recorded instead.)
+    ``CheckpointError`` naming it and both digests.
     """
-    if backend == "onnxruntime":
-        from vlm_grasp_locator.backends.onnx_runtime import load_onnx_models
-
-        return load_onnx_models(
-            device=device,
-            clip_model=clip_model,
-            mobile_sam_checkpoint=mobile_sam_checkpoint,
-            clip_checkpoint=clip_checkpoint,
-            allow_random_weights=allow_random_weights,
-            seed=seed,
-            onnx_dir=onnx_dir,
-        )
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
     torch_device = resolve_device(device)
     # Validates the model name and the configured digests before any heavy work.
     sam_remote, clip_remote = mobile_sam_remote_file(), clip_remote_file(clip_model)
     sources = (
         _CheckpointSource(
-            "MobileSAM", build_mobile_sam,
+            "MobileSAM",
+            build_mobile_sam,
             resolve_checkpoint_path(mobile_sam_checkpoint, sam_remote.file),
             checkpoint_pin(mobile_sam_checkpoint, mobile_sam_checkpoint_sha256, sam_remote),
             not mobile_sam_checkpoint,
         ),
         _CheckpointSource(
-            f"TinyCLIP {clip_model}", lambda: build_tinyclip(clip_model),
+            f"TinyCLIP {clip_model}",
+            lambda: build_tinyclip(clip_model),
             resolve_checkpoint_path(clip_checkpoint, clip_remote.file),
             checkpoint_pin(clip_checkpoint, clip_checkpoint_sha256, clip_remote),
             not clip_checkpoint,
@@ -181,13 +172,15 @@ def load_models(
         model = source.build()
         if not random_weights:
             if source.path.is_file():  # a missing file is reported by the loader
-                verify_checkpoint(source.path, source.pin, source.what, report_unpinned=source.default_file)
+                verify_checkpoint(
+                    source.path, source.pin, source.what, report_unpinned=source.default_file
+                )
             load_checkpoint_into(model, source.path, source.what)
         models.append(model.eval().to(torch_device))
     sam, clip = models
     if tune:
         tune_image_encoder(sam)
-    return LoadedModels(sam, clip, clip_model, torch_device, random_weights)
+    return TorchModels(sam, clip, clip_model, torch_device, random_weights)
 
 
 def default_checkpoint_paths(clip_model: str) -> Tuple[Path, Path]:

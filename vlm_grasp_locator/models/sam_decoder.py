@@ -18,6 +18,7 @@ changes, which moves results by float rounding (~1e-5), never by more:
   upscaling convolutions, which then run only for prompts that still have a mask, and
   only the masks that passed are multiplied out (``upscaled_logits``).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
 
 
 @dataclass
@@ -44,7 +44,9 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.reshape(b, t, num_heads, d // num_heads).transpose(1, 2)
 
 
-def _tokens_to_image(attn, q: torch.Tensor, image: torch.Tensor, image_plus_pe: torch.Tensor) -> torch.Tensor:
+def _tokens_to_image(
+    attn, q: torch.Tensor, image: torch.Tensor, image_plus_pe: torch.Tensor
+) -> torch.Tensor:
     """``attn(q=q, k=image_plus_pe, v=image)`` for few queries, without projecting the image."""
     b, t, _ = q.shape
     h = attn.num_heads
@@ -59,7 +61,9 @@ def _tokens_to_image(attn, q: torch.Tensor, image: torch.Tensor, image_plus_pe: 
     return attn.out_proj(out.reshape(b, t, h * d))
 
 
-def _tokens_to_fixed_image(attn, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor) -> torch.Tensor:
+def _tokens_to_fixed_image(
+    attn, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor
+) -> torch.Tensor:
     """Token-to-image attention against keys/values shared by every prompt (h, N, d).
 
     One matrix product per head with the batch folded into rows, so the shared keys are
@@ -70,12 +74,15 @@ def _tokens_to_fixed_image(attn, q: torch.Tensor, k_heads: torch.Tensor, v_heads
     d = k_heads.shape[-1]
     qh = attn.q_proj(q).view(b * t, h, d)
     out = [
-        torch.softmax(qh[:, i] @ k_heads[i].T / math.sqrt(d), dim=-1) @ v_heads[i] for i in range(h)
+        torch.softmax(qh[:, i] @ k_heads[i].T / math.sqrt(d), dim=-1) @ v_heads[i]
+        for i in range(h)
     ]  # h x (B*T, d)
     return attn.out_proj(torch.stack(out, dim=1).view(b, t, h * d))
 
 
-def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _image_to_tokens(
+    attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
     """``residual + attn(q=image_plus_pe, k=k, v=v)``: image positions attend to few tokens."""
     b, t, _ = k.shape
     h = attn.num_heads
@@ -83,13 +90,18 @@ def _image_to_tokens(attn, image_plus_pe: torch.Tensor, k: torch.Tensor, v: torc
     kh = _heads(attn.k_proj(k), h)  # (B, h, T, d)
     wq = attn.q_proj.weight.view(h, d, -1)  # (h, d, C)
     folded_k = torch.einsum("hdc,bhtd->bhtc", wq, kh).reshape(b, h * t, -1) / math.sqrt(d)
-    bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1) / math.sqrt(d)
+    bias = torch.einsum("hd,bhtd->bht", attn.q_proj.bias.view(h, d), kh).reshape(
+        b, h * t, 1
+    ) / math.sqrt(d)
     scores = torch.baddbmm(bias, folded_k, image_plus_pe.transpose(1, 2))  # (B, hT, N)
     return _mix_tokens(attn, scores, v, residual)
 
 
-def _image_fixed_to_tokens(attn, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``residual +`` image-to-token attention whose image-side queries (h, N, d) are shared by every prompt."""
+def _image_fixed_to_tokens(
+    attn, q_heads: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual +`` image-to-token attention whose image-side queries (h, N, d) are
+    shared by every prompt."""
     b, t, _ = k.shape
     h = attn.num_heads
     d = q_heads.shape[-1]
@@ -99,7 +111,9 @@ def _image_fixed_to_tokens(attn, q_heads: torch.Tensor, k: torch.Tensor, v: torc
     return _mix_tokens(attn, scores, v, residual)
 
 
-def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _mix_tokens(
+    attn, scores: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
     """``residual +`` softmax per head over the T tokens of ``scores`` (B, hT, N), then
     values and output projection folded together.
 
@@ -121,8 +135,14 @@ def _mix_tokens(attn, scores: torch.Tensor, v: torch.Tensor, residual: torch.Ten
     return torch.baddbmm(residual, probs.transpose(1, 2), folded_v)
 
 
-def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
-    """``output_upscaling`` followed by the hypernetwork product: (k, N, C), (k, m, c) -> (k, m, 4h, 4w).
+def upscaled_logits(
+    decoder: torch.nn.Module,
+    image_tokens: torch.Tensor,
+    hyper: torch.Tensor,
+    grid_hw: Tuple[int, int],
+) -> torch.Tensor:
+    """``output_upscaling`` followed by the hypernetwork product:
+    (k, N, C), (k, m, c) -> (k, m, 4h, 4w).
 
     Both transposed convolutions have kernel 2 and stride 2, so each is one matrix
     product per pixel (channels in, a 2x2 block of channels out), and so is the
@@ -132,7 +152,11 @@ def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper:
     """
     conv1, norm, act1, conv2, act2 = decoder.output_upscaling
     for conv in (conv1, conv2):  # what makes each a per-pixel product
-        assert conv.kernel_size == conv.stride == (2, 2) and conv.padding == conv.output_padding == (0, 0) and conv.groups == 1
+        assert (
+            conv.kernel_size == conv.stride == (2, 2)
+            and conv.padding == conv.output_padding == (0, 0)
+            and conv.groups == 1
+        )
     h, w = grid_hw
     k, n, c = image_tokens.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
@@ -143,7 +167,9 @@ def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper:
     x = torch.baddbmm(conv1.bias.repeat(4).expand(k, 1, -1), image_tokens, w1.expand(k, -1, -1))
     x = act1(F.layer_norm(x.view(k, n * 4, c1), (c1,), norm.weight, norm.bias, norm.eps))
     x = act2(torch.baddbmm(conv2.bias.repeat(4).expand(k, 1, -1), x, w2.expand(k, -1, -1)))
-    logits = torch.bmm(x.view(k, n * 16, c2), hyper.transpose(1, 2))  # (k, rows: y, x, a, b, c, d; m)
+    logits = torch.bmm(
+        x.view(k, n * 16, c2), hyper.transpose(1, 2)
+    )  # (k, rows: y, x, a, b, c, d; m)
     # Output pixel (4y + 2a + c, 4x + 2b + d): a/b from the first convolution, c/d from the second.
     logits = logits.view(k, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return logits.reshape(k, m, 4 * h, 4 * w)
@@ -151,7 +177,9 @@ def upscaled_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, hyper:
 
 def hypernetwork_outputs(decoder: torch.nn.Module, mask_tokens: torch.Tensor) -> torch.Tensor:
     """Each mask token through its own MLP: (k, n_masks, C) -> (k, n_masks, c)."""
-    return torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    return torch.stack(
+        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
 
 
 @dataclass
@@ -170,7 +198,12 @@ class ImageSide:
     q0: torch.Tensor
 
 
-def image_side(transformer: torch.nn.Module, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> ImageSide:
+def image_side(
+    transformer: torch.nn.Module,
+    features: torch.Tensor,
+    image_pe: torch.Tensor,
+    dense_embedding: torch.Tensor,
+) -> ImageSide:
     """Everything that depends on the image alone. Inputs (1, C, h, w)."""
     image = (features + dense_embedding).flatten(2).transpose(1, 2)  # (1, N, C)
     pos = image_pe.flatten(2).transpose(1, 2)
@@ -185,7 +218,9 @@ def image_side(transformer: torch.nn.Module, features: torch.Tensor, image_pe: t
     )
 
 
-def decode_tokens(decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: torch.Tensor) -> DecodedTokens:
+def decode_tokens(
+    decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: torch.Tensor
+) -> DecodedTokens:
     """The two-way transformer and IoU head for B prompts (sparse: (B, n_points, C))."""
     transformer = decoder.transformer
     b = sparse_embeddings.shape[0]
@@ -210,7 +245,9 @@ def decode_tokens(decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: 
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + token_pe
         if keys is None:
-            keys = _image_fixed_to_tokens(layer.cross_attn_image_to_token, side.q0, q, queries, side.image)
+            keys = _image_fixed_to_tokens(
+                layer.cross_attn_image_to_token, side.q0, q, queries, side.image
+            )
         else:
             keys = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries, keys)
         keys = layer.norm4(keys)
@@ -226,16 +263,28 @@ def decode_tokens(decoder: torch.nn.Module, side: ImageSide, sparse_embeddings: 
     )
 
 
-def all_mask_logits(decoder: torch.nn.Module, image_tokens: torch.Tensor, mask_tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
+def all_mask_logits(
+    decoder: torch.nn.Module,
+    image_tokens: torch.Tensor,
+    mask_tokens: torch.Tensor,
+    grid_hw: Tuple[int, int],
+) -> torch.Tensor:
     """Low-resolution logits of all mask tokens of k prompts: (k, n_masks, 4h, 4w).
 
     image_tokens: (k, h*w, C) after the transformer; mask_tokens: (k, n_masks, C).
     """
-    return upscaled_logits(decoder, image_tokens, hypernetwork_outputs(decoder, mask_tokens), grid_hw)
+    return upscaled_logits(
+        decoder, image_tokens, hypernetwork_outputs(decoder, mask_tokens), grid_hw
+    )
 
 
 class FastMaskDecoder:
-    """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied)."""
+    """Wraps a ``mobile_sam`` ``MaskDecoder`` (weights shared, nothing copied).
+
+    A ``interfaces.MaskDecoder``: torch, so its prompt batches may run side by side.
+    """
+
+    parallel_batches = True
 
     def __init__(self, decoder: torch.nn.Module) -> None:
         self.decoder = decoder
@@ -243,7 +292,9 @@ class FastMaskDecoder:
         self._side: Optional[ImageSide] = None
 
     @torch.inference_mode()
-    def set_image(self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor) -> None:
+    def set_image(
+        self, features: torch.Tensor, image_pe: torch.Tensor, dense_embedding: torch.Tensor
+    ) -> None:
         """Precompute everything that depends on the image alone. Shapes (1, C, h, w)."""
         self.grid_hw = tuple(features.shape[-2:])
         self._side = image_side(self.transformer, features, image_pe, dense_embedding)
@@ -256,7 +307,9 @@ class FastMaskDecoder:
         return decode_tokens(self.decoder, self._side, sparse_embeddings)
 
     @torch.inference_mode()
-    def masks_for(self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor) -> torch.Tensor:
+    def masks_for(
+        self, tokens: DecodedTokens, prompt_idx: torch.Tensor, mask_idx: torch.Tensor
+    ) -> torch.Tensor:
         """Low-resolution mask logits (K, 256, 256) for the (prompt, mask) pairs asked for.
 
         ``prompt_idx`` must be sorted (as ``nonzero`` returns it), so pairs come out in
@@ -268,5 +321,9 @@ class FastMaskDecoder:
         for prompt in torch.unique(prompt_idx).tolist():
             masks = mask_idx[prompt_idx == prompt]
             one = slice(prompt, prompt + 1)
-            out.append(upscaled_logits(self.decoder, tokens.image_tokens[one], hyper[one, masks], self.grid_hw)[0])
+            out.append(
+                upscaled_logits(
+                    self.decoder, tokens.image_tokens[one], hyper[one, masks], self.grid_hw
+                )[0]
+            )
         return torch.cat(out)

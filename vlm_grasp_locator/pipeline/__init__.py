@@ -1,4 +1,4 @@
-"""Layer 3, the pipeline: ``Locator`` (proposals -> crop scores -> ranked answer), its
-config, the per-frame cache and fast mode. Imports ``core``, ``models`` and
-``runtime``; never rclpy.
+"""Layer 3, the pipeline: ``Locator`` (proposals -> region scores -> ranked answer), its
+config, the per-frame cache, fast mode and the plug-in parts' protocols (``parts``).
+Imports ``core``, ``models`` and ``runtime``; never rclpy, never ``backends``.
 """

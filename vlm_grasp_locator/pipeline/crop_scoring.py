@@ -1,4 +1,9 @@
-"""Stage 2: score each proposed mask against the target phrase with TinyCLIP."""
+"""Stage 2: score each proposed mask against the target phrase with TinyCLIP.
+
+``CropScorer`` works on an ``ImageTextModel`` (``models.interfaces``), whichever
+backend serves it.
+"""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,7 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from vlm_grasp_locator.models.text_encoder import TemplatePrefixEncoder, encode_text_until_eot
+from vlm_grasp_locator.models.interfaces import ImageTextModel
+from vlm_grasp_locator.pipeline.proposals import Proposals
 
 # CLIP's training statistics; the fill colour is their mean so suppressed pixels look
 # like "nothing" to the model rather than like a black or white object.
@@ -26,7 +32,14 @@ PROMPT_TEMPLATES: Tuple[str, ...] = (
 )
 # Generic things a mask can also be. The calibrated score is the probability that a crop
 # shows the target rather than any of these, so it means something on its own.
-NEGATIVE_PHRASES: Tuple[str, ...] = ("background", "table surface", "wall", "floor", "shadow", "clutter")
+NEGATIVE_PHRASES: Tuple[str, ...] = (
+    "background",
+    "table surface",
+    "wall",
+    "floor",
+    "shadow",
+    "clutter",
+)
 
 CROP_MODES = ("blend", "mask", "box")
 
@@ -62,10 +75,17 @@ def square_context_box(box_xyxy: Sequence[float], context: float) -> Tuple[int, 
     side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + 2.0 * context)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     half = side / 2.0
-    return int(np.floor(cx - half)), int(np.floor(cy - half)), int(np.ceil(cx + half)), int(np.ceil(cy + half))
+    return (
+        int(np.floor(cx - half)),
+        int(np.floor(cy - half)),
+        int(np.ceil(cx + half)),
+        int(np.ceil(cy + half)),
+    )
 
 
-def make_crop(image: np.ndarray, mask: np.ndarray, box_xyxy: Sequence[float], settings: CropSettings) -> np.ndarray:
+def make_crop(
+    image: np.ndarray, mask: np.ndarray, box_xyxy: Sequence[float], settings: CropSettings
+) -> np.ndarray:
     """A (size, size, 3) uint8 RGB crop of ``image`` around ``mask`` (see ``CropSettings``)."""
     h, w = mask.shape
     x0, y0, x1, y1 = square_context_box(box_xyxy, settings.context)
@@ -90,28 +110,11 @@ def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
-def embedding_dim(clip: torch.nn.Module) -> int:
-    """Width of the joint image-text embedding (open_clip CLIP or the ONNX Runtime wrapper)."""
-    projection = getattr(clip, "text_projection", None)
-    if isinstance(projection, torch.nn.Linear):
-        return projection.out_features
-    if projection is not None:
-        return int(projection.shape[1])
-    return int(clip.embed_dim)
-
-
 class TextEmbeddingCache:
     """Normalised, template-averaged text embeddings per phrase (least recently used out)."""
 
-    def __init__(self, clip: torch.nn.Module, capacity: int = 256) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
-
+    def __init__(self, clip: ImageTextModel, capacity: int = 256) -> None:
         self.clip = clip
-        self.tokenizer = SimpleTokenizer(context_length=clip.context_length)
-        # The templates' fixed beginnings computed once (open_clip towers; not ONNX Runtime's).
-        self._templates = (
-            TemplatePrefixEncoder(clip, self.tokenizer, PROMPT_TEMPLATES) if TemplatePrefixEncoder.supported(clip) else None
-        )
         self.capacity = capacity
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
@@ -120,13 +123,7 @@ class TextEmbeddingCache:
         """(len(phrases), D) float32 embeddings, computing only the phrases not cached."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self._cache]
         if missing:
-            if self._templates is not None:
-                features = self._templates.encode(missing).float().mean(dim=1)
-            else:
-                texts = [t.format(p) for p in missing for t in PROMPT_TEMPLATES]
-                tokens = self.tokenizer(texts).to(next(self.clip.parameters()).device)
-                features = encode_text_until_eot(self.clip, tokens).float()
-                features = features.view(len(missing), len(PROMPT_TEMPLATES), -1).mean(dim=1)
+            features = self.clip.encode_phrases(missing, PROMPT_TEMPLATES).float().mean(dim=1)
             for phrase, feature in zip(missing, torch.nn.functional.normalize(features, dim=-1)):
                 self._cache[phrase] = feature
         for p in phrases:
@@ -138,9 +135,12 @@ class TextEmbeddingCache:
 
 
 class CropScorer:
-    """TinyCLIP image embeddings of mask crops and their similarity to a phrase."""
+    """TinyCLIP image embeddings of mask crops and their similarity to a phrase.
 
-    def __init__(self, clip: torch.nn.Module, settings: CropSettings, batch_size: int = 16) -> None:
+    A ``parts.FrameScorer`` (crop embeddings once per frame) and a ``parts.RegionScorer``.
+    """
+
+    def __init__(self, clip: ImageTextModel, settings: CropSettings, batch_size: int = 16) -> None:
         settings.validate()
         if batch_size < 1:
             raise ValueError(f"clip batch size must be >= 1, got {batch_size}")
@@ -151,23 +151,27 @@ class CropScorer:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+        return self.clip.logit_scale
 
     @torch.inference_mode()
-    def embed_crops(self, image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray) -> torch.Tensor:
+    def embed_crops(
+        self, image: np.ndarray, masks: np.ndarray, boxes_xyxy: np.ndarray
+    ) -> torch.Tensor:
         """(N, D) normalised image embeddings, in chunks of ``batch_size`` crops."""
-        device = next(self.clip.parameters()).device
         chunks = []
         for start in range(0, len(masks), self.batch_size):
+            stop = start + self.batch_size
             crops = [
                 make_crop(image, mask, box, self.settings)
-                for mask, box in zip(masks[start : start + self.batch_size], boxes_xyxy[start : start + self.batch_size])
+                for mask, box in zip(masks[start:stop], boxes_xyxy[start:stop])
             ]
-            pixels = crops_to_tensor(crops).to(device)
-            chunks.append(self.clip.encode_image(pixels, normalize=True).float())
+            chunks.append(self.clip.encode_images(crops_to_tensor(crops)))
         if not chunks:
-            return torch.zeros((0, embedding_dim(self.clip)))
+            return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
         return torch.cat(chunks)
+
+    def embed_regions(self, image: np.ndarray, proposals: Proposals) -> torch.Tensor:
+        return self.embed_crops(image, proposals.masks, proposals.boxes_xyxy)
 
     def score(self, crop_embeddings: torch.Tensor, target: str) -> Tuple[np.ndarray, np.ndarray]:
         """Cosine similarity to ``target`` and the calibrated score, both (N,).
@@ -181,3 +185,11 @@ class CropScorer:
         similarity = crop_embeddings @ text.T  # (N, 1 + negatives)
         probability = torch.softmax(self.logit_scale * similarity, dim=-1)[:, 0]
         return similarity[:, 0].cpu().numpy(), probability.cpu().numpy()
+
+    def __call__(
+        self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]
+    ) -> np.ndarray:
+        """(N, P) calibrated scores of the proposals against each phrase."""
+        embeddings = self.embed_regions(image, proposals)
+        columns = [self.score(embeddings, phrase)[1] for phrase in phrases]
+        return np.stack(columns, axis=1) if columns else np.zeros((len(proposals), 0))

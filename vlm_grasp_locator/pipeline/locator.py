@@ -1,39 +1,82 @@
 """The core: ``Locator.locate(image, command)`` -> ranked detections. No ROS here.
 
-Pipeline: parse the command (``command_parser``), propose masks over the whole image
-(``mask_proposals``), score each mask's crop against the target phrase
-(``crop_scoring``), keep what passes the threshold.
+Pipeline: parse the command (``command_parser``), propose regions over the whole image
+(a ``parts.Proposer``; MobileSAM by default, ``mask_proposals``), score each region
+against the target phrase (a ``parts.RegionScorer``; TinyCLIP on mask crops by default,
+``crop_scoring``), keep what passes the threshold.
 
-Proposals and crop embeddings depend on the image alone, so they are cached for the
-last frame: a new command on the same frame only runs the text encoder.
+**Building one.** The pipeline does not choose engines: ``backends.factory.build_locator
+(config)`` loads the models of ``config.backend`` and calls ``Locator.from_models``;
+``Locator.from_parts`` takes plug-in parts (and models for the default ones).
+``Locator.from_config`` is the older one-call path, kept for callers that have not
+moved yet (torch backend only; it also applies the process policy, see there).
+
+**One cache, per frame.** Everything that depends on the image alone (proposals, their
+region features, fast mode's windows and MobileSAM's image embedding) lives in one
+``_Frame``, for the last frame, under one key: the caller's ``frame_key`` (the node's
+frame number) or else a hash of the pixels. A new command on the same frame only runs
+the text encoder.
 
 ``mode: fast`` (opt-in) lets the target phrase choose where MobileSAM is prompted
 (``text_guided_prompts``) instead of the 256-point grid; see ``Locator._fast_frame``.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from enum import Enum
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from vlm_grasp_locator.core.command_parser import ParsedCommand, parse_command
+from vlm_grasp_locator.core.image_input import fit_long_side, resize_mask, to_rgb_uint8
+from vlm_grasp_locator.core.image_input import frame_key as pixels_key
 from vlm_grasp_locator.models.checkpoints import normalise_sha256
-from vlm_grasp_locator.core.command_parser import parse_command
+from vlm_grasp_locator.models.interfaces import EncodedImage, LoadedModels
+from vlm_grasp_locator.models.registry import DEFAULT_CLIP_MODEL, available_clip_models
 from vlm_grasp_locator.pipeline.crop_scoring import CROP_MODES, CropScorer, CropSettings
-from vlm_grasp_locator.core.image_input import frame_key, fit_long_side, resize_mask, to_rgb_uint8
-from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, ProposalSettings, Proposals
-from vlm_grasp_locator.models.registry import DEFAULT_CLIP_MODEL, LoadedModels, available_clip_models, load_models
-from vlm_grasp_locator.pipeline.text_guided_prompts import MAX_PROMPTS, choose_prompts, embed_windows, prompt_rank_of, relevance_windows
+from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, ProposalSettings
+from vlm_grasp_locator.pipeline.parts import CallableScorer, FrameScorer, Proposer, RegionScorer
+from vlm_grasp_locator.pipeline.proposals import Proposals
+from vlm_grasp_locator.pipeline.text_guided_prompts import (
+    MAX_PROMPTS,
+    choose_prompts,
+    embed_windows,
+    prompt_rank_of,
+    relevance_windows,
+)
+from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers
 
 LOG = logging.getLogger(__name__)
 
-MODES = ("exact", "fast")
-BACKENDS = ("torch", "onnxruntime")
+
+class Mode(str, Enum):
+    EXACT = "exact"  # the grid: the founding pipeline's answers
+    FAST = "fast"  # text-guided prompts
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Backend(str, Enum):
+    """Inference engines; ``backends.factory`` maps each to its loader."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"  # the graphs `export-onnx` wrote
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MODES = tuple(m.value for m in Mode)
+BACKENDS = tuple(b.value for b in Backend)
 
 # Called between pipeline stages with (stage, progress in [0, 1]); it may raise to cancel
 # the query (the exception propagates out of ``locate``; nothing half-done is cached).
@@ -53,10 +96,12 @@ class LocatorConfig:
     """Everything that shapes a ``Locator``; the ROS parameters map onto these fields."""
 
     device: str = "auto"
-    mode: str = "exact"  # exact: the founding pipeline's answers; fast: text-guided prompts
-    backend: str = "torch"  # torch | onnxruntime (models exported by `export-onnx`)
+    mode: str = Mode.EXACT.value  # exact: the founding pipeline's answers; fast: text-guided
+    backend: str = Backend.TORCH.value  # torch | onnxruntime (models from `export-onnx`)
     onnx_dir: str = ""  # "" = the default cache folder for exported models
-    num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    # CPU threads for torch; 0 keeps torch's default. Process-wide, so applied by the entry
+    # point: ``runtime.process.configure_process(num_threads=config.num_threads)``.
+    num_threads: int = 0
     allow_random_weights: bool = False  # random weights where a checkpoint file is missing
     mobile_sam_checkpoint: str = ""  # "" = the default cache path
     clip_model: str = DEFAULT_CLIP_MODEL
@@ -94,18 +139,23 @@ class LocatorConfig:
         return ProposalSettings(**{name: getattr(self, name) for name in shared})
 
     def crop_settings(self) -> CropSettings:
-        return CropSettings(mode=self.crop_mode, context=self.crop_context, background_keep=self.crop_background_keep)
+        return CropSettings(
+            mode=self.crop_mode,
+            context=self.crop_context,
+            background_keep=self.crop_background_keep,
+        )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        if self.mode not in MODES:
+        if self.mode not in MODES:  # str fields: the ROS parameters are strings
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.clip_model not in available_clip_models():
-            raise ValueError(f"clip_model {self.clip_model!r} unknown; available: {', '.join(available_clip_models())}")
+            known = ", ".join(available_clip_models())
+            raise ValueError(f"clip_model {self.clip_model!r} unknown; available: {known}")
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         for name in ("num_threads", "seed"):
@@ -115,7 +165,9 @@ class LocatorConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.fast_prompts <= MAX_PROMPTS:
-            raise ValueError(f"fast_prompts must be in [1, {MAX_PROMPTS}], got {self.fast_prompts}")
+            raise ValueError(
+                f"fast_prompts must be in [1, {MAX_PROMPTS}], got {self.fast_prompts}"
+            )
         if self.max_image_side < 64:
             raise ValueError(f"max_image_side must be >= 64, got {self.max_image_side}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -126,8 +178,8 @@ class LocatorConfig:
         self.proposal_settings().validate()
         self.crop_settings().validate()
 
-    def model_kwargs(self) -> dict:
-        """Keyword arguments for ``models.load_models``."""
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``models.registry.load_models`` (the torch models)."""
         return dict(
             device=self.device,
             clip_model=self.clip_model,
@@ -137,8 +189,6 @@ class LocatorConfig:
             clip_checkpoint_sha256=self.clip_checkpoint_sha256,
             allow_random_weights=self.allow_random_weights,
             seed=self.seed,
-            backend=self.backend,
-            onnx_dir=self.onnx_dir,
         )
 
 
@@ -163,7 +213,7 @@ class LocateResult:
     image_size: Tuple[int, int]  # (width, height)
     detections: List[Detection]
     timings_ms: Dict[str, float]
-    proposals: int = 0  # masks MobileSAM proposed (and TinyCLIP scored)
+    proposals: int = 0  # masks proposed (and scored)
     prompts: int = 0  # fast mode: point prompts MobileSAM decoded for this answer; 0 in exact mode
 
     @property
@@ -179,7 +229,12 @@ class LocateResult:
             "reason": self.reason,
             "image_size": list(self.image_size),
             "detections": [
-                {"label": d.label, "score": d.score, "box_xyxy": list(d.box_xyxy), "mask_area": d.mask_area}
+                {
+                    "label": d.label,
+                    "score": d.score,
+                    "box_xyxy": list(d.box_xyxy),
+                    "mask_area": d.mask_area,
+                }
                 for d in self.detections
             ],
             "timings_ms": dict(self.timings_ms),
@@ -187,216 +242,350 @@ class LocateResult:
 
 
 @dataclass
-class _FrameCache:
-    key: str
+class _Scored:
+    """Regions of one frame and what the scorer made of them (``embed_regions``)."""
+
     proposals: Proposals
-    embeddings: torch.Tensor
-    scale: float
+    features: object
     prompts: int = 0  # fast mode: point prompts that produced ``proposals``
 
 
-@dataclass
-class _FastFrameCache:
-    """Fast mode's state for the last frame.
+FrameKey = Tuple[str, Hashable]
 
-    The relevance windows' embeddings depend on the image alone and serve every target;
-    masks and crop embeddings depend on the prompts the target chose, so they are kept
-    per target (the last ``FAST_TARGETS_CACHED``). MobileSAM's image embedding of the
-    last image is kept by ``MaskProposer``, so a new target on the same frame pays only
-    its prompts' decoding and crops, not the encoder.
+
+@dataclass
+class _Frame:
+    """Everything computed for one frame: the locator's only per-frame cache.
+
+    Exact mode fills ``exact``. Fast mode fills the relevance windows' embeddings and
+    MobileSAM's image embedding (both serve every target) and, per target, the masks
+    and crop features its prompts gave (the last ``FAST_TARGETS_CACHED`` targets).
     """
 
-    key: str
-    windows: np.ndarray
-    window_embeddings: torch.Tensor
-    targets: "OrderedDict[str, _FrameCache]" = field(default_factory=OrderedDict)
+    key: FrameKey
+    scale: float  # model image / input image
+    exact: Optional[_Scored] = None
+    encoded: Optional[EncodedImage] = None
+    windows: Optional[np.ndarray] = None
+    window_embeddings: Optional[torch.Tensor] = None
+    targets: "OrderedDict[str, _Scored]" = field(default_factory=OrderedDict)
 
 
-def _subset(proposals: Proposals, index: np.ndarray) -> Proposals:
-    return Proposals(
-        masks=proposals.masks[index],
-        boxes_xyxy=proposals.boxes_xyxy[index],
-        predicted_iou=proposals.predicted_iou[index],
-        stability_score=proposals.stability_score[index],
-        point_coords=proposals.point_coords[index],
-    )
+def _no_report(stage: str, progress: float) -> None:
+    return None
 
 
 class Locator:
-    """Finds the object a command names. Thread-safe: one query at a time."""
+    """Finds the object a command names. Thread-safe: one query at a time.
 
-    def __init__(self, config: LocatorConfig, proposer: MaskProposer, scorer: CropScorer, random_weights: bool, device: torch.device) -> None:
+    ``proposer``: a ``parts.Proposer``; ``scorer``: a ``parts.FrameScorer`` (wrap a
+    plain ``RegionScorer`` in ``parts.CallableScorer``, or use ``from_parts``). Fast mode
+    needs the default parts (``MaskProposer``, ``CropScorer``): it prompts MobileSAM at
+    points TinyCLIP chose.
+    """
+
+    def __init__(
+        self,
+        config: LocatorConfig,
+        proposer: Proposer,
+        scorer: FrameScorer,
+        random_weights: bool = False,
+        device: torch.device = torch.device("cpu"),
+    ) -> None:
         self.config = config
         self.proposer = proposer
         self.scorer = scorer
         self.random_weights = random_weights
         self.device = device
         self._lock = threading.Lock()
-        self._cache: Optional[_FrameCache] = None  # exact mode
-        self._fast_cache: Optional[_FastFrameCache] = None  # fast mode
+        self._frame: Optional[_Frame] = None
+        if config.mode == Mode.FAST:
+            self._fast_parts()
+
+    @classmethod
+    def from_models(
+        cls, config: LocatorConfig, models: LoadedModels, workers: Optional[CpuWorkers] = None
+    ) -> "Locator":
+        """MobileSAM and TinyCLIP as loaded by a backend (``backends.factory.load``).
+
+        ``workers``: the decoder's CPU threads (``runtime.process.configure_process``);
+        None decodes in the calling thread."""
+        return cls.from_parts(config, models=models, workers=workers)
+
+    @classmethod
+    def from_parts(
+        cls,
+        config: LocatorConfig,
+        *,
+        proposer: Optional[Proposer] = None,
+        scorer: Optional[RegionScorer] = None,
+        models: Optional[LoadedModels] = None,
+        workers: Optional[CpuWorkers] = None,
+    ) -> "Locator":
+        """A Locator on plug-in parts (``parts``); the parts not given are MobileSAM and
+        TinyCLIP from ``models``. A plug-in scorer is called once per query with the
+        frame's (cached) proposals. Raises ValueError for a bad config, for a missing
+        part without ``models``, and for fast mode on plug-in parts."""
+        config.validate()
+        if (proposer is None or scorer is None) and models is None:
+            raise ValueError(
+                "the default proposer and scorer need models: pass models="
+                "backends.factory.load(config), or both parts"
+            )
+        if proposer is None:
+            proposer = MaskProposer(models.segmenter, config.proposal_settings(), workers)
+        frame_scorer: FrameScorer
+        if scorer is None:
+            frame_scorer = CropScorer(models.clip, config.crop_settings(), config.clip_batch_size)
+        else:
+            frame_scorer = CallableScorer(scorer)
+        if models is None:
+            return cls(config, proposer, frame_scorer)
+        return cls(config, proposer, frame_scorer, models.random_weights, models.device)
 
     @classmethod
     def from_config(cls, config: LocatorConfig) -> "Locator":
-        """Validate ``config`` and load the models (CheckpointError / ValueError on failure)."""
-        config.validate()
-        if config.num_threads > 0:
-            torch.set_num_threads(config.num_threads)
-        return cls.from_models(config, load_models(**config.model_kwargs()))
+        """The older one-call path: torch models and the process policy together.
 
-    @classmethod
-    def from_models(cls, config: LocatorConfig, models: LoadedModels) -> "Locator":
-        """A Locator on models already loaded (``load_models(**config.model_kwargs())``).
+        Kept for callers that have not moved yet; new code calls
+        ``runtime.process.configure_process`` and ``backends.factory.build_locator``
+        (which also serves backend ``onnxruntime``). Like before, this applies
+        ``config.num_threads`` and the decoder's worker threads process-wide.
+        Raises ``CheckpointError`` / ``ValueError`` on failure.
+        """
+        from vlm_grasp_locator.models.adapters import torch_parts
+        from vlm_grasp_locator.models.registry import load_models
+        from vlm_grasp_locator.runtime.process import configure_process
 
-        ``config.num_threads`` is not applied here (``from_config`` does that)."""
         config.validate()
-        return cls(
-            config,
-            MaskProposer(models.sam, config.proposal_settings()),
-            CropScorer(models.clip, config.crop_settings(), config.clip_batch_size),
-            models.random_weights,
-            models.device,
-        )
+        if config.backend != Backend.TORCH:
+            raise ValueError(
+                f"backend {config.backend!r}: build the locator with "
+                "vlm_grasp_locator.backends.factory.build_locator(config)"
+            )
+        process = configure_process(num_threads=config.num_threads)
+        models = torch_parts(load_models(**config.model_kwargs()))
+        return cls.from_models(config, models, process.workers)
 
     def clear_cache(self) -> None:
         with self._lock:
-            self._cache = None
-            self._fast_cache = None
-            self.proposer.clear()
+            self._frame = None
 
     def locate(
         self,
         image: np.ndarray,
-        command: str,
+        command: Union[str, ParsedCommand],
         *,
         channel_order: str = "rgb",
         on_stage: Optional[StageCallback] = None,
+        frame_key: Optional[Hashable] = None,
     ) -> LocateResult:
         """Find what ``command`` names in ``image`` (HxW, HxWx3 or HxWx4; see ``to_rgb_uint8``).
 
+        ``command``: the text, or what ``parse_command`` made of it (a caller that parsed
+        it already; it is not parsed again). ``frame_key``: names the frame (the node's
+        frame number): the same key must mean the same pixels; None hashes the pixels.
         Raises ValueError for an unusable image; a command without an object is not an
         error but a result with ``found=False`` and the reason. ``on_stage`` hears
         ``proposing`` and ``scoring`` (see ``StageCallback``), in both modes.
         """
-        report: StageCallback = on_stage or (lambda stage, progress: None)
+        report: StageCallback = on_stage or _no_report
         started = time.perf_counter()
         rgb = to_rgb_uint8(image, channel_order=channel_order)
         height, width = rgb.shape[:2]
         if min(height, width) < 2:
             raise ValueError(f"image of {width}x{height} pixels is too small to search")
-        parsed = parse_command(command)
+        parsed = command if isinstance(command, ParsedCommand) else parse_command(command)
         timings: Dict[str, float] = {}
 
-        def result(found: bool, reason: str, detections: List[Detection], proposals: int = 0, prompts: int = 0) -> LocateResult:
+        def result(
+            found: bool,
+            reason: str,
+            detections: List[Detection],
+            proposals: int = 0,
+            prompts: int = 0,
+        ) -> LocateResult:
             timings["total"] = (time.perf_counter() - started) * 1e3
-            return LocateResult(command, parsed.target, found, reason, (width, height), detections, timings, proposals, prompts)
+            return LocateResult(
+                parsed.command,
+                parsed.target,
+                found,
+                reason,
+                (width, height),
+                detections,
+                timings,
+                proposals,
+                prompts,
+            )
 
-        if parsed.target is None:
+        target = parsed.target
+        if target is None:
             return result(False, parsed.reason, [])
+        key: FrameKey = (
+            ("frame", frame_key) if frame_key is not None else ("pixels", pixels_key(rgb))
+        )
         with self._lock, self._autocast():
-            if self.config.mode == "fast":
-                cache = self._fast_frame(rgb, parsed.target, timings, report)
+            last = self._frame
+            frame = last if last is not None and last.key == key else None
+            if self.config.mode == Mode.FAST:
+                scored, self._frame = self._fast_frame(rgb, key, frame, target, timings, report)
             else:
-                cache = self._frame(rgb, timings, report)
+                scored, self._frame = self._exact_frame(rgb, key, frame, timings, report)
             report(STAGE_SCORING, 0.9)
             t0 = time.perf_counter()
-            similarity, score = self.scorer.score(cache.embeddings, parsed.target)
+            similarity, score = self.scorer.score(scored.features, target)
             timings["text"] = (time.perf_counter() - t0) * 1e3
-        n = len(cache.proposals)
+            scale = self._frame.scale
+        n = len(scored.proposals)
         if n == 0:
-            where = f" at the {cache.prompts} points '{parsed.target}' chose" if self.config.mode == "fast" else " in this image"
-            return result(False, f"MobileSAM proposed no object masks{where}", [], 0, cache.prompts)
+            where = (
+                f" at the {scored.prompts} points '{target}' chose"
+                if self.config.mode == Mode.FAST
+                else " in this image"
+            )
+            return result(False, f"no object masks were proposed{where}", [], 0, scored.prompts)
         order = np.lexsort((-similarity, -score))  # by score, ties by similarity
-        passing = [i for i in order if score[i] >= self.config.score_threshold][: self.config.max_detections]
+        threshold = self.config.score_threshold
+        passing = [i for i in order if score[i] >= threshold][: self.config.max_detections]
         if not passing:
             best = order[0]
             return result(
                 False,
-                f"no mask scored at least {self.config.score_threshold:.2f} for '{parsed.target}' "
+                f"no mask scored at least {threshold:.2f} for '{target}' "
                 f"(best {score[best]:.2f} of {n} masks)",
                 [],
                 n,
-                cache.prompts,
+                scored.prompts,
             )
-        detections = [self._detection(cache, i, parsed.target, score[i], similarity[i], (height, width)) for i in passing]
-        return result(True, "", detections, n, cache.prompts)
+        detections = [
+            _detection(
+                scored.proposals, scale, i, target, score[i], similarity[i], (height, width)
+            )
+            for i in passing
+        ]
+        return result(True, "", detections, n, scored.prompts)
 
-    def _frame(self, rgb: np.ndarray, timings: Dict[str, float], report: StageCallback) -> _FrameCache:
-        """Proposals and crop embeddings for this frame, from the cache when it is the last one."""
-        key = frame_key(rgb)
-        if self._cache is not None and self._cache.key == key:
+    def _exact_frame(
+        self,
+        rgb: np.ndarray,
+        key: FrameKey,
+        frame: Optional[_Frame],
+        timings: Dict[str, float],
+        report: StageCallback,
+    ) -> Tuple[_Scored, _Frame]:
+        """Proposals and region features for this frame, from the cache when it is the last."""
+        if frame is not None and frame.exact is not None:
             timings["proposals"] = timings["crops"] = 0.0
-            return self._cache
+            return frame.exact, frame
         model_image, scale = fit_long_side(rgb, self.config.max_image_side)
         report(STAGE_PROPOSING, 0.0)
         t0 = time.perf_counter()
         proposals = self.proposer(model_image)
         report(STAGE_SCORING, 0.7)
         t1 = time.perf_counter()
-        embeddings = self.scorer.embed_crops(model_image, proposals.masks, proposals.boxes_xyxy)
+        features = self.scorer.embed_regions(model_image, proposals)
         t2 = time.perf_counter()
         timings["proposals"] = (t1 - t0) * 1e3
         timings["crops"] = (t2 - t1) * 1e3
-        self._cache = _FrameCache(key, proposals, embeddings, scale)
-        return self._cache
+        frame = frame if frame is not None else _Frame(key, scale)
+        frame.exact = _Scored(proposals, features)
+        return frame.exact, frame
 
-    def _fast_frame(self, rgb: np.ndarray, target: str, timings: Dict[str, float], report: StageCallback) -> _FrameCache:
+    def _fast_parts(self) -> Tuple[MaskProposer, CropScorer]:
+        proposer, scorer = self.proposer, self.scorer
+        if not isinstance(proposer, MaskProposer) or not isinstance(scorer, CropScorer):
+            raise ValueError(
+                "mode 'fast' prompts MobileSAM where TinyCLIP points: it needs the default "
+                "MaskProposer and CropScorer, not plug-in parts"
+            )
+        return proposer, scorer
+
+    def _fast_frame(
+        self,
+        rgb: np.ndarray,
+        key: FrameKey,
+        frame: Optional[_Frame],
+        target: str,
+        timings: Dict[str, float],
+        report: StageCallback,
+    ) -> Tuple[_Scored, _Frame]:
         """Fast mode: masks at the points ``target`` chose, and their crop embeddings.
 
         Relevance windows (8 TinyCLIP forwards at 640x480, reused for every target on this
         frame) -> at most ``fast_prompts`` points (``choose_prompts``) -> MobileSAM decodes
-        only those -> the masks of the most relevant prompts (at most
+        only those (its image embedding, too, reused for every target on this frame) ->
+        the masks of the most relevant prompts (at most
         ``max(FAST_SCORED_CROPS, max_detections)``, MobileSAM's predicted IoU breaking
         ties within a prompt) are scored like exact mode's crops. Nothing is cached until
         all of it succeeded.
         """
-        key = frame_key(rgb)
-        frame = self._fast_cache if self._fast_cache is not None and self._fast_cache.key == key else None
         if frame is not None and target in frame.targets:
             frame.targets.move_to_end(target)
             timings["relevance"] = timings["proposals"] = timings["crops"] = 0.0
-            return frame.targets[target]
+            return frame.targets[target], frame
+        proposer, scorer = self._fast_parts()
         model_image, scale = fit_long_side(rgb, self.config.max_image_side)
         height, width = model_image.shape[:2]
         report(STAGE_PROPOSING, 0.0)
         t0 = time.perf_counter()
-        if frame is None:
+        windows = frame.windows if frame is not None else None
+        window_embeddings = frame.window_embeddings if frame is not None else None
+        if windows is None or window_embeddings is None:
             windows = relevance_windows(width, height)
-            embeddings = embed_windows(self.scorer.clip, model_image, windows, self.device, self.scorer.batch_size)
-            frame = _FastFrameCache(key, windows, embeddings)
-        _, window_scores = self.scorer.score(frame.window_embeddings, target)
-        choice = choose_prompts(width, height, frame.windows, window_scores, self.config.fast_prompts)
+            window_embeddings = embed_windows(scorer.clip, model_image, windows, scorer.batch_size)
+        _, window_scores = scorer.score(window_embeddings, target)
+        choice = choose_prompts(width, height, windows, window_scores, self.config.fast_prompts)
         t1 = time.perf_counter()
-        proposals = self.proposer.propose_points(model_image, choice.points_xy)
+        encoded = frame.encoded if frame is not None else None
+        if encoded is None:
+            encoded = proposer.encode(model_image)
+        proposals = proposer.propose(encoded, choice.points_xy)
         report(STAGE_SCORING, 0.7)
         t2 = time.perf_counter()
         rank = prompt_rank_of(proposals.point_coords, choice.points_xy)
-        keep = np.lexsort((-proposals.predicted_iou, rank))[: max(FAST_SCORED_CROPS, self.config.max_detections)]
-        proposals = _subset(proposals, keep)
-        crop_embeddings = self.scorer.embed_crops(model_image, proposals.masks, proposals.boxes_xyxy)
+        budget = max(FAST_SCORED_CROPS, self.config.max_detections)
+        proposals = proposals.subset(np.lexsort((-proposals.predicted_iou, rank))[:budget])
+        crop_embeddings = scorer.embed_regions(model_image, proposals)
         t3 = time.perf_counter()
         timings["relevance"] = (t1 - t0) * 1e3
         timings["proposals"] = (t2 - t1) * 1e3
         timings["crops"] = (t3 - t2) * 1e3
-        entry = _FrameCache(key, proposals, crop_embeddings, scale, prompts=len(choice.points_xy))
+        entry = _Scored(proposals, crop_embeddings, prompts=len(choice.points_xy))
+        frame = frame if frame is not None else _Frame(key, scale)
+        frame.windows, frame.window_embeddings, frame.encoded = windows, window_embeddings, encoded
         frame.targets[target] = entry
         while len(frame.targets) > FAST_TARGETS_CACHED:
             frame.targets.popitem(last=False)
-        self._fast_cache = frame
-        return entry
+        return entry, frame
 
-    @staticmethod
-    def _detection(cache: _FrameCache, i: int, label: str, score: float, similarity: float, size_hw: Tuple[int, int]) -> Detection:
-        mask = cache.proposals.masks[i]
-        box = cache.proposals.boxes_xyxy[i].astype(float)
-        if cache.scale != 1.0:
-            mask = resize_mask(mask, size_hw)
-            box = box / cache.scale
-        h, w = size_hw
-        x0, y0, x1, y1 = np.clip(box, 0, [w, h, w, h])
-        return Detection(label, float(score), (float(x0), float(y0), float(x1), float(y1)), mask, int(mask.sum()), float(similarity))
-
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager:
         """fp16 matrix work on CUDA; nothing changes on the CPU."""
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return torch.autocast(device_type="cpu", enabled=False)
+
+
+def _detection(
+    proposals: Proposals,
+    scale: float,
+    i: int,
+    label: str,
+    score: float,
+    similarity: float,
+    size_hw: Tuple[int, int],
+) -> Detection:
+    mask = proposals.masks[i]
+    box = proposals.boxes_xyxy[i].astype(float)
+    if scale != 1.0:
+        mask = resize_mask(mask, size_hw)
+        box = box / scale
+    h, w = size_hw
+    x0, y0, x1, y1 = np.clip(box, 0, [w, h, w, h])
+    return Detection(
+        label,
+        float(score),
+        (float(x0), float(y0), float(x1), float(y1)),
+        mask,
+        int(mask.sum()),
+        float(similarity),
+    )

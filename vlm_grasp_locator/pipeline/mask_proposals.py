@@ -8,12 +8,17 @@ is paid for a mask that a later filter throws away:
   on it *before* their upscaling convolutions and full-resolution resampling run;
 * prompts go through the decoder a few at a time, so memory stays small and the
   per-prompt tensors stay in the CPU cache; on the CPU the batches run side by side, one
-  thread per core (``cpu_threads``);
+  thread per core, when the entry point hands over its ``CpuWorkers``;
 * box NMS runs on per-batch boxes, so only the masks it keeps are gathered;
 * masks stay boolean arrays instead of round-tripping through RLE.
 
 With ``crop_n_layers > 0`` the generator from mobile_sam itself is used.
+
+The proposer works on a ``Segmenter`` (``models.interfaces``), whichever backend
+serves it, and keeps nothing of an image: ``encode`` returns the image embedding and
+``propose`` takes it, so whoever caches per frame (the ``Locator``) keeps it.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops.boxes import batched_nms
 
-from vlm_grasp_locator.runtime.cpu_threads import map_on_cpu_threads
-from vlm_grasp_locator.core.image_input import frame_key
-from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder
+from vlm_grasp_locator.models.interfaces import EncodedImage, Segmenter
+from vlm_grasp_locator.pipeline.proposals import Proposals
+from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers, map_inline_or_on
+
+__all__ = ["MaskProposer", "ProposalSettings", "Proposals", "PROMPT_BATCH"]
 
 # Prompts decoded together. Small on purpose: the decoder's per-prompt image tensors
 # (4096x256 floats) then stay in the CPU cache, which measured 2x faster than 64 at once.
@@ -56,12 +63,19 @@ class ProposalSettings:
             raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side}")
         if self.points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {self.points_per_batch}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+        for name in (
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "box_nms_thresh",
+            "crop_nms_thresh",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.stability_score_offset <= 0:
-            raise ValueError(f"stability_score_offset must be > 0, got {self.stability_score_offset}")
+            raise ValueError(
+                f"stability_score_offset must be > 0, got {self.stability_score_offset}"
+            )
         if self.crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {self.crop_n_layers}")
         if self.min_mask_region_area < 0:
@@ -70,40 +84,6 @@ class ProposalSettings:
     def generator_kwargs(self) -> dict:
         """Keyword arguments for mobile_sam's ``SamAutomaticMaskGenerator``."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass
-class Proposals:
-    """Candidate object masks for one image.
-
-    masks: (N, H, W) bool at the image's size. boxes_xyxy: (N, 4) pixel box around
-    each mask, x1/y1 exclusive. predicted_iou, stability_score: (N,) MobileSAM's own
-    quality estimates. point_coords: (N, 2) the grid point (x, y) that prompted it.
-    """
-
-    masks: np.ndarray
-    boxes_xyxy: np.ndarray
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-    point_coords: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    @property
-    def areas(self) -> np.ndarray:
-        return self.masks.reshape(len(self.masks), -1).sum(axis=1)
-
-    @classmethod
-    def empty(cls, size_hw: Tuple[int, int]) -> "Proposals":
-        h, w = size_hw
-        return cls(
-            masks=np.zeros((0, h, w), dtype=bool),
-            boxes_xyxy=np.zeros((0, 4), dtype=np.float32),
-            predicted_iou=np.zeros(0, dtype=np.float32),
-            stability_score=np.zeros(0, dtype=np.float32),
-            point_coords=np.zeros((0, 2), dtype=np.float32),
-        )
 
 
 def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
@@ -128,75 +108,80 @@ class _BatchMasks:
 
 
 class MaskProposer:
-    """Segment-everything with MobileSAM; see the module docstring for what is different."""
+    """Segment-everything with MobileSAM; see the module docstring for what is different.
 
-    def __init__(self, sam: torch.nn.Module, settings: ProposalSettings, decoder: Optional[FastMaskDecoder] = None) -> None:
-        from mobile_sam import SamPredictor
+    A ``parts.Proposer``. ``workers``: run the decoder's prompt batches side by side on
+    these threads (CPU, decoders with ``parallel_batches``); None runs them in the
+    calling thread.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        settings: ProposalSettings,
+        workers: Optional[CpuWorkers] = None,
+    ) -> None:
         from mobile_sam.utils.amg import build_point_grid
 
         settings.validate()
-        own_interface = hasattr(sam.mask_decoder, "run_transformer")  # the ONNX Runtime backend's
-        if settings.crop_n_layers > 0 and own_interface:
-            raise ValueError("crop_n_layers > 0 runs mobile_sam's own generator, which needs backend 'torch'")
-        self.sam = sam
+        if settings.crop_n_layers > 0 and segmenter.generator_model is None:
+            raise ValueError(
+                "crop_n_layers > 0 runs mobile_sam's own generator, which needs backend 'torch'"
+            )
+        self.segmenter = segmenter
         self.settings = settings
-        self.predictor = SamPredictor(sam)
-        if decoder is None:
-            decoder = sam.mask_decoder if own_interface else FastMaskDecoder(sam.mask_decoder)
-        self.decoder = decoder
+        self.workers = workers
         self.grid = build_point_grid(settings.points_per_side)
-        self._encoded_key: Optional[str] = None  # frame_key of the image the predictor holds
 
     @property
     def device(self) -> torch.device:
-        return self.sam.device
+        return self.segmenter.device
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> Proposals:
-        """Propose masks for an HxWx3 uint8 RGB image."""
+        """Propose masks for an HxWx3 uint8 RGB image (the point grid)."""
         if self.settings.crop_n_layers > 0:
             return self._with_mobile_sam_generator(image)
-        h, w = image.shape[:2]
-        return self.propose_points(image, self.grid * np.array([[w, h]]))
+        return self.propose(self.encode(image))
+
+    def encode(self, image: np.ndarray) -> EncodedImage:
+        """MobileSAM's image embedding of an HxWx3 uint8 RGB image, for ``propose``."""
+        return self.segmenter.encode(image)
 
     @torch.inference_mode()
-    def propose_points(self, image: np.ndarray, points: np.ndarray) -> Proposals:
-        """Masks prompted by single foreground ``points`` ((N, 2) pixel x, y of ``image``).
+    def propose(self, encoded: EncodedImage, points: Optional[np.ndarray] = None) -> Proposals:
+        """Masks prompted by single foreground ``points`` ((N, 2) pixel x, y of the image
+        ``encoded`` was made of); None: the point grid.
 
         The same decoding and filters as the grid (multimask output, predicted-IoU and
         stability thresholds, box NMS, small-region cleaning); ``crop_n_layers`` is ignored.
-        The image embedding of the last image is kept (4 MB), so prompting the same image
-        again skips the encoder.
         """
-        key = frame_key(image)
-        if key != self._encoded_key:
-            self._encoded_key = None
-            self.predictor.set_image(image)
-            self._encoded_key = key
-        return self._propose(image.shape[:2], np.asarray(points, dtype=np.float64).reshape(-1, 2))
+        h, w = encoded.original_size
+        if points is None:
+            points = self.grid * np.array([[w, h]])
+        return self._propose(encoded, np.asarray(points, dtype=np.float64).reshape(-1, 2))
 
-    def clear(self) -> None:
-        """Forget the kept image embedding."""
-        self.predictor.reset_image()
-        self._encoded_key = None
-
-    def _propose(self, size_hw: Tuple[int, int], points: np.ndarray) -> Proposals:
+    def _propose(self, encoded: EncodedImage, points: np.ndarray) -> Proposals:
         s = self.settings
+        size_hw = encoded.original_size
         if len(points) == 0:
             return Proposals.empty(size_hw)
+        segmenter = self.segmenter
         in_points = torch.as_tensor(
-            self.predictor.transform.apply_coords(points, size_hw), dtype=torch.float32, device=self.device
+            segmenter.to_input_coords(points, size_hw), dtype=torch.float32, device=self.device
         )
-        _, dense = self._embed_points(in_points[:1])
-        self.decoder.set_image(self.predictor.features, self.sam.prompt_encoder.get_dense_pe(), dense)
+        _, dense = segmenter.embed_points(in_points[:1])
+        segmenter.decoder.set_image(encoded.features, segmenter.dense_pe(), dense)
         starts = range(0, len(points), PROMPT_BATCH)
         # The torch decoder's batches are independent, and each is many small operations:
         # on the CPU they run on one thread per core rather than splitting every operation.
-        parallel = self.device.type == "cpu" and isinstance(self.decoder, FastMaskDecoder)
-        batches = map_on_cpu_threads(
-            lambda start: self._decode_batch(in_points[start : start + PROMPT_BATCH], start),
+        parallel = self.device.type == "cpu" and segmenter.decoder.parallel_batches
+        batches = map_inline_or_on(
+            self.workers if parallel else None,
+            lambda start: self._decode_batch(
+                encoded, in_points[start : start + PROMPT_BATCH], start  # noqa: E203
+            ),
             starts,
-            workers=torch.get_num_threads() if parallel else 1,
         )
         kept = [b for b in batches if b is not None and len(b.masks) > 0]
         if not kept:
@@ -207,15 +192,24 @@ class MaskProposer:
 
         # Duplicates: the same box-NMS as the generator (inclusive boxes, like mobile_sam).
         # Boxes come with each batch, so only the masks NMS keeps are copied together.
-        keep = batched_nms(torch.cat([b.boxes for b in kept]), iou_preds, torch.zeros(len(iou_preds)), iou_threshold=s.box_nms_thresh)
+        keep = batched_nms(
+            torch.cat([b.boxes for b in kept]),
+            iou_preds,
+            torch.zeros(len(iou_preds)),
+            iou_threshold=s.box_nms_thresh,
+        )
         every_mask = [mask for b in kept for mask in b.masks]
         masks = torch.stack([every_mask[i] for i in keep.tolist()])
-        iou_preds, stability, point_coords = iou_preds[keep], stability[keep], point_coords[keep.numpy()]
+        iou_preds, stability = iou_preds[keep], stability[keep]
+        point_coords = point_coords[keep.numpy()]
         if s.min_mask_region_area > 0:
             # As in the generator, the NMS after cleaning uses the larger of the two thresholds.
             nms_thresh = max(s.box_nms_thresh, s.crop_nms_thresh)
-            keep, masks = remove_small_regions_and_duplicates(masks, s.min_mask_region_area, nms_thresh)
-            iou_preds, stability, point_coords = iou_preds[keep], stability[keep], point_coords[keep.numpy()]
+            keep, masks = remove_small_regions_and_duplicates(
+                masks, s.min_mask_region_area, nms_thresh
+            )
+            iou_preds, stability = iou_preds[keep], stability[keep]
+            point_coords = point_coords[keep.numpy()]
         return Proposals(
             masks=masks.numpy(),
             boxes_xyxy=masks_to_boxes_xyxy(masks).numpy(),
@@ -225,26 +219,38 @@ class MaskProposer:
         )
 
     @torch.inference_mode()
-    def _decode_batch(self, in_points: torch.Tensor, first: int) -> Optional["_BatchMasks"]:
+    def _decode_batch(
+        self, encoded: EncodedImage, in_points: torch.Tensor, first: int
+    ) -> Optional["_BatchMasks"]:
         """Masks of the prompts ``in_points`` (model coordinates; the first is prompt number
         ``first``) that pass the predicted-IoU and stability thresholds, or None."""
         from mobile_sam.utils.amg import batched_mask_to_box, calculate_stability_score
 
         s = self.settings
-        sparse, _ = self._embed_points(in_points)
-        tokens = self.decoder.run_transformer(sparse)
+        decoder = self.segmenter.decoder
+        sparse, _ = self.segmenter.embed_points(in_points)
+        tokens = decoder.run_transformer(sparse)
         iou = tokens.iou_pred[:, 1:]  # multimask output: masks 1..3
-        keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        keep = (
+            iou > s.pred_iou_thresh
+            if s.pred_iou_thresh > 0
+            else torch.ones_like(iou, dtype=torch.bool)
+        )
         prompt_idx, mask_idx = keep.nonzero(as_tuple=True)
         if len(prompt_idx) == 0:
             return None
-        low_res = self.decoder.masks_for(tokens, prompt_idx, mask_idx + 1)
-        threshold = self.sam.mask_threshold
+        low_res = decoder.masks_for(tokens, prompt_idx, mask_idx + 1)
+        threshold = self.segmenter.mask_threshold
+        img_size = self.segmenter.img_size
         masks, stability, ok = [], [], []
         for part in low_res.split(POSTPROCESS_CHUNK):  # full-size logits are 4 MB a mask
-            logits = masks_at_image_size(part, self.sam.image_encoder.img_size, self.predictor.input_size, self.predictor.original_size)
+            logits = masks_at_image_size(part, img_size, encoded.input_size, encoded.original_size)
             part_stability = calculate_stability_score(logits, threshold, s.stability_score_offset)
-            part_ok = part_stability >= s.stability_score_thresh if s.stability_score_thresh > 0 else torch.ones_like(part_stability, dtype=torch.bool)
+            part_ok = (
+                part_stability >= s.stability_score_thresh
+                if s.stability_score_thresh > 0
+                else torch.ones_like(part_stability, dtype=torch.bool)
+            )
             masks.append((logits[part_ok] > threshold).cpu())
             stability.append(part_stability)
             ok.append(part_ok)
@@ -258,20 +264,24 @@ class MaskProposer:
             prompt_index=first + prompt_idx[ok].cpu().numpy(),
         )
 
-    def _embed_points(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sparse and dense prompt embeddings for single foreground points (B, 2)."""
-        labels = torch.ones(len(points), dtype=torch.int, device=self.device)
-        return self.sam.prompt_encoder(points=(points[:, None, :], labels[:, None]), boxes=None, masks=None)
-
     def _with_mobile_sam_generator(self, image: np.ndarray) -> Proposals:
         from mobile_sam import SamAutomaticMaskGenerator
 
-        records = SamAutomaticMaskGenerator(self.sam, **self.settings.generator_kwargs()).generate(image)
+        generator = SamAutomaticMaskGenerator(
+            self.segmenter.generator_model, **self.settings.generator_kwargs()
+        )
+        records = generator.generate(image)
         return proposals_from_records(records, image.shape[:2])
 
 
-def masks_at_image_size(low_res: torch.Tensor, img_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> torch.Tensor:
-    """``Sam.postprocess_masks`` for (K, h, w) low-resolution logits -> (K, H, W) at the image's size.
+def masks_at_image_size(
+    low_res: torch.Tensor,
+    img_size: int,
+    input_size: Tuple[int, int],
+    original_size: Tuple[int, int],
+) -> torch.Tensor:
+    """``Sam.postprocess_masks`` for (K, h, w) low-resolution logits -> (K, H, W) at the
+    image's size.
 
     The same two bilinear resizes, but the first one skips the padding that is cropped
     away after it: the low-resolution rows and columns it never reads are dropped first,
@@ -280,8 +290,13 @@ def masks_at_image_size(low_res: torch.Tensor, img_size: int, input_size: Tuple[
     """
     scale = img_size // low_res.shape[-1]
     # Output pixel y reads source rows floor((y + 0.5) / scale - 0.5) and the one after.
-    rows, cols = (min(n, math.floor((size - 0.5) / scale - 0.5) + 2) for n, size in zip(low_res.shape[-2:], input_size))
-    upsampled = F.interpolate(low_res[None, :, :rows, :cols], scale_factor=scale, mode="bilinear", align_corners=False)
+    rows, cols = (
+        min(n, math.floor((size - 0.5) / scale - 0.5) + 2)
+        for n, size in zip(low_res.shape[-2:], input_size)
+    )
+    upsampled = F.interpolate(
+        low_res[None, :, :rows, :cols], scale_factor=scale, mode="bilinear", align_corners=False
+    )
     cropped = upsampled[..., : input_size[0], : input_size[1]]
     return F.interpolate(cropped, original_size, mode="bilinear", align_corners=False)[0]
 

@@ -6,8 +6,8 @@ mask with TinyCLIP. Fast mode spends a little TinyCLIP work up front instead:
 1. **Relevance windows.** A few square windows at two scales tile the image (side = the
    short side, then half of it; the fewest windows that cover the image, spread evenly,
    so 2 + 6 = 8 windows at 640x480 and 2 + 8 at 1280x720). Each window is one 224x224
-   TinyCLIP forward through ``encode_image`` (no patch-token internals, so any backend
-   that provides ``encode_image`` works) and gets the same calibrated score as a mask
+   TinyCLIP forward through ``encode_images`` (no patch-token internals, so any backend
+   that provides an ``ImageTextModel`` works) and gets the same calibrated score as a mask
    crop: target phrase against the generic negatives. The window embeddings depend on
    the image alone, so a new phrase on the same frame reuses them.
 2. **Relevance map.** The relevance of a pixel is the mean score of the windows that
@@ -22,6 +22,7 @@ Why windows rather than patch tokens: CLIP's final patch tokens are poorly align
 text without model surgery (MaskCLIP-style value-path tricks) that depends on the
 vision tower's internals; whole-window embeddings are what CLIP was trained on.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from vlm_grasp_locator.models.interfaces import ImageTextModel
 from vlm_grasp_locator.pipeline.crop_scoring import crops_to_tensor
 
 # Window sides as fractions of the image's short side, coarse to fine. Two scales keep
@@ -46,7 +48,9 @@ WINDOW_SIZE = 224  # TinyCLIP's input side
 RelevanceScorer = Callable[[np.ndarray], np.ndarray]  # window boxes (N, 4) -> scores (N,)
 
 
-def relevance_windows(width: int, height: int, scales: Sequence[float] = WINDOW_SCALES) -> np.ndarray:
+def relevance_windows(
+    width: int, height: int, scales: Sequence[float] = WINDOW_SCALES
+) -> np.ndarray:
     """(N, 4) int windows x0, y0, x1, y1 (x1/y1 exclusive), all inside the image.
 
     Per scale: side = scale x the short side; the fewest windows per axis that cover it,
@@ -68,7 +72,9 @@ def relevance_windows(width: int, height: int, scales: Sequence[float] = WINDOW_
     return np.unique(np.array(boxes, dtype=np.int64), axis=0)
 
 
-def window_crops(image: np.ndarray, windows: np.ndarray, size: int = WINDOW_SIZE) -> List[np.ndarray]:
+def window_crops(
+    image: np.ndarray, windows: np.ndarray, size: int = WINDOW_SIZE
+) -> List[np.ndarray]:
     """Plain square crops of ``image`` (HxWx3 uint8) for each window, resized to ``size``."""
     crops = []
     for x0, y0, x1, y1 in windows:
@@ -79,25 +85,33 @@ def window_crops(image: np.ndarray, windows: np.ndarray, size: int = WINDOW_SIZE
 
 
 @torch.inference_mode()
-def embed_windows(clip: torch.nn.Module, image: np.ndarray, windows: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
+def embed_windows(
+    clip: ImageTextModel, image: np.ndarray, windows: np.ndarray, batch_size: int
+) -> torch.Tensor:
     """(N, D) normalised TinyCLIP embeddings of the window crops, ``batch_size`` at a time."""
     chunks = []
     for start in range(0, len(windows), batch_size):
-        pixels = crops_to_tensor(window_crops(image, windows[start : start + batch_size])).to(device)
-        chunks.append(clip.encode_image(pixels, normalize=True).float())
+        crops = window_crops(image, windows[start : start + batch_size])  # noqa: E203
+        chunks.append(clip.encode_images(crops_to_tensor(crops)))
     return torch.cat(chunks)
 
 
 def relevance_at(points_xy: np.ndarray, windows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The relevance map at ``points_xy`` (K, 2): mean score of the windows containing each point."""
+    """The relevance map at ``points_xy`` (K, 2): mean score of the windows containing
+    each point."""
     x, y = points_xy[:, 0:1], points_xy[:, 1:2]
-    inside = (x >= windows[:, 0]) & (x < windows[:, 2]) & (y >= windows[:, 1]) & (y < windows[:, 3])  # (K, N)
+    inside = (
+        (x >= windows[:, 0]) & (x < windows[:, 2]) & (y >= windows[:, 1]) & (y < windows[:, 3])
+    )  # (K, N)
     counts = inside.sum(axis=1)
-    return np.where(counts > 0, (inside * scores[None, :]).sum(axis=1) / np.maximum(counts, 1), 0.0)
+    return np.where(
+        counts > 0, (inside * scores[None, :]).sum(axis=1) / np.maximum(counts, 1), 0.0
+    )
 
 
 def candidate_points(windows: np.ndarray) -> np.ndarray:
-    """Each window's centre and its four quarter points, (5N, 2) pixel x, y (duplicates removed)."""
+    """Each window's centre and its four quarter points, (5N, 2) pixel x, y (duplicates
+    removed)."""
     x0, y0, x1, y1 = (windows[:, i].astype(np.float64) for i in range(4))
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     qx, qy = (x1 - x0) / 4.0, (y1 - y0) / 4.0
@@ -117,7 +131,12 @@ class PromptChoice:
 
 
 def choose_prompts(
-    width: int, height: int, windows: np.ndarray, window_scores: np.ndarray, max_prompts: int, min_spacing: float = 0.0
+    width: int,
+    height: int,
+    windows: np.ndarray,
+    window_scores: np.ndarray,
+    max_prompts: int,
+    min_spacing: float = 0.0,
 ) -> PromptChoice:
     """Up to ``max_prompts`` points, most relevant first, no two closer than ``min_spacing``.
 
@@ -128,9 +147,15 @@ def choose_prompts(
         raise ValueError(f"max_prompts must be in [1, {MAX_PROMPTS}], got {max_prompts}")
     window_scores = np.asarray(window_scores, dtype=np.float64)
     if window_scores.shape != (len(windows),):
-        raise ValueError(f"need one score per window: {len(windows)} windows, scores of shape {window_scores.shape}")
+        raise ValueError(
+            f"need one score per window: {len(windows)} windows, "
+            f"scores of shape {window_scores.shape}"
+        )
     if min_spacing <= 0:
-        min_spacing = float(np.minimum(windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]).min()) / 4.0
+        min_spacing = (
+            float(np.minimum(windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]).min())
+            / 4.0
+        )
     points = candidate_points(windows)
     points[:, 0] = points[:, 0].clip(0, width - 1)
     points[:, 1] = points[:, 1].clip(0, height - 1)
@@ -151,5 +176,7 @@ def prompt_rank_of(mask_points_xy: np.ndarray, prompts_xy: np.ndarray) -> np.nda
     """For each mask's prompting point, the index of that prompt in ``prompts_xy`` (best first)."""
     if len(mask_points_xy) == 0:
         return np.zeros(0, dtype=np.int64)
-    distance = np.abs(mask_points_xy[:, None, :].astype(np.float64) - prompts_xy[None, :, :]).sum(axis=-1)
+    distance = np.abs(mask_points_xy[:, None, :].astype(np.float64) - prompts_xy[None, :, :]).sum(
+        axis=-1
+    )
     return distance.argmin(axis=1)

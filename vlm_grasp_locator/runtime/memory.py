@@ -10,8 +10,10 @@ glibc also gives threads their own heaps ("arenas", up to 8 per core). The decod
 worker threads (``cpu_threads``) spread their transient buffers over every arena the
 process had: the node's soak peak rose from 2.2 GB (one thread) to 3.2 GB. Capping the
 arenas at two (``limit_malloc_arenas``, what ``MALLOC_ARENA_MAX=2`` does) with workers
-that live as long as the process brought it to 2.1 GB at the same speed.
+that live as long as the process brought it to 2.1 GB at the same speed. Only entry
+points cap them (``process.configure_process``).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,7 +21,6 @@ import functools
 import os
 import sys
 from typing import Any, Optional
-
 
 M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 MALLOC_ARENAS = 2
@@ -49,10 +50,11 @@ def release_freed_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Let threads created from now on share at most ``arenas`` glibc heaps (process-wide,
-    once per process, unless ``MALLOC_ARENA_MAX`` already says otherwise); True when set."""
+    once per process and value, unless ``MALLOC_ARENA_MAX`` already says otherwise); True
+    when set."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)

@@ -1,4 +1,5 @@
 """``vlm-grasp-locator``: locate objects in image files, fetch the models, export them to ONNX."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,18 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
+    from vlm_grasp_locator.backends.factory import build_locator
     from vlm_grasp_locator.models.checkpoints import CheckpointError
-    from vlm_grasp_locator.pipeline.locator import Locator
+    from vlm_grasp_locator.runtime.process import configure_process
 
     try:
         image = _read_image(args.image)
         config = _load_config(args)
-        locator = Locator.from_config(config)
+        config.validate()
+        # The process policy is the entry point's: torch threads, the decoder's workers
+        # (one per core) and capped malloc arenas, before the models load.
+        configure_process(num_threads=config.num_threads)
+        locator = build_locator(config)
         result = locator.locate(image, args.command)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -96,7 +102,14 @@ def _print_summary(result, random_weights: bool) -> None:
 
 
 def cmd_download_models(args: argparse.Namespace) -> int:
-    from vlm_grasp_locator.models.checkpoints import CheckpointError, Pin, cache_dir, download, sha256_of, verify_file
+    from vlm_grasp_locator.models.checkpoints import (
+        CheckpointError,
+        Pin,
+        cache_dir,
+        download,
+        sha256_of,
+        verify_file,
+    )
     from vlm_grasp_locator.models.registry import clip_remote_file, mobile_sam_remote_file
 
     target_dir = Path(args.dir) if args.dir else cache_dir()
@@ -112,7 +125,11 @@ def cmd_download_models(args: argparse.Namespace) -> int:
         try:
             if destination.is_file() and not args.force:
                 state = "present"
-                digest = verify_file(destination, pin, "cached").sha256 if pin else sha256_of(destination)
+                digest = (
+                    verify_file(destination, pin, "cached").sha256
+                    if pin
+                    else sha256_of(destination)
+                )
             else:
                 state, digest = "downloaded", download(remote, destination).sha256
         except CheckpointError as e:
@@ -162,8 +179,15 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     except (CheckpointError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    weights = f"RANDOM WEIGHTS, seed {manifest['seed']}: meaningless results" if manifest["random_weights"] else "checkpoint weights"
-    print(f"exported {len(manifest['graphs'])} graphs of MobileSAM and {manifest['clip_model']} to {out} ({weights}; opset {manifest['opset']})")
+    weights = (
+        f"RANDOM WEIGHTS, seed {manifest['seed']}: meaningless results"
+        if manifest["random_weights"]
+        else "checkpoint weights"
+    )
+    print(
+        f"exported {len(manifest['graphs'])} graphs of MobileSAM and {manifest['clip_model']} "
+        f"to {out} ({weights}; opset {manifest['opset']})"
+    )
     print(f"use them with: backend: onnxruntime, onnx_dir: {out}")
     return EXIT_OK
 
@@ -178,25 +202,60 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("image", help="image file (PNG, JPEG, ...)")
     locate.add_argument("command", help='e.g. "take the scissors"')
     locate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    locate.add_argument("--overlay", metavar="OUT.png", help="write the image with the answer drawn on it")
-    locate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
-    locate.add_argument("--random-weights", action="store_true", help="where a checkpoint is missing, run with random weights (meaningless results)")
+    locate.add_argument(
+        "--overlay", metavar="OUT.png", help="write the image with the answer drawn on it"
+    )
+    locate.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="override the config's device"
+    )
+    locate.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="where a checkpoint is missing, run with random weights (meaningless results)",
+    )
     locate.add_argument("--config", metavar="FILE", help="YAML file of LocatorConfig fields")
     locate.set_defaults(func=cmd_locate)
 
-    download = sub.add_parser("download-models", help="fetch the MobileSAM and TinyCLIP checkpoints")
-    download.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, choices=available_clip_models())
+    download = sub.add_parser(
+        "download-models", help="fetch the MobileSAM and TinyCLIP checkpoints"
+    )
+    download.add_argument(
+        "--clip-model", default=DEFAULT_CLIP_MODEL, choices=available_clip_models()
+    )
     download.add_argument("--dir", help="target folder (default: the cache folder)")
     download.add_argument("--force", action="store_true", help="download even when present")
     download.set_defaults(func=cmd_download_models)
 
-    export = sub.add_parser("export-onnx", help="export MobileSAM and TinyCLIP to ONNX for backend onnxruntime")
-    export.add_argument("--out", metavar="DIR", help="target folder (default: the config's onnx_dir, else <cache>/onnx)")
-    export.add_argument("--clip-model", help=f"TinyCLIP configuration (default: the config's, else {DEFAULT_CLIP_MODEL})")
-    export.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models are built for export (default cpu)")
-    export.add_argument("--random-weights", action="store_true", help="where a checkpoint is missing, export random weights (meaningless results)")
-    export.add_argument("--seed", type=int, help="seed of the random weights (default: the config's, 0)")
-    export.add_argument("--config", metavar="FILE", help="YAML file of LocatorConfig fields (checkpoint paths, clip_model, seed, onnx_dir)")
+    export = sub.add_parser(
+        "export-onnx", help="export MobileSAM and TinyCLIP to ONNX for backend onnxruntime"
+    )
+    export.add_argument(
+        "--out",
+        metavar="DIR",
+        help="target folder (default: the config's onnx_dir, else <cache>/onnx)",
+    )
+    export.add_argument(
+        "--clip-model",
+        help=f"TinyCLIP configuration (default: the config's, else {DEFAULT_CLIP_MODEL})",
+    )
+    export.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the models are built for export (default cpu)",
+    )
+    export.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="where a checkpoint is missing, export random weights (meaningless results)",
+    )
+    export.add_argument(
+        "--seed", type=int, help="seed of the random weights (default: the config's, 0)"
+    )
+    export.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file of LocatorConfig fields (checkpoint paths, clip_model, seed, onnx_dir)",
+    )
     export.set_defaults(func=cmd_export_onnx)
     return parser
 
