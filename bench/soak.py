@@ -196,7 +196,8 @@ class SoakClient:
         import rclpy
         from rcl_interfaces.srv import SetParameters
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
+                               qos_profile_sensor_data)
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -223,8 +224,9 @@ class SoakClient:
         try:
             from diagnostic_msgs.msg import DiagnosticArray
 
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics,
-                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+                                          reliable)
         except ImportError:
             pass
         # A plain SetParameters client: rclpy.parameter_client is Iron+ (not in Humble).
@@ -373,7 +375,8 @@ def run_soak(args: argparse.Namespace) -> RunRecord:
         with environment(env):
             client = SoakClient(domain_id)
         if not client.wait_ready(args.ready_timeout, node.alive):
-            raise RuntimeError(f"node not ready (exit code {node.returncode}); see {record.log_path}")
+            raise RuntimeError(
+                f"node not ready (exit code {node.returncode}); see {record.log_path}")
         record.ready_s = time.monotonic() - started
         sampler.start()
         print(f"soak: node ready after {record.ready_s:.1f} s; streaming {WIDTH}x{HEIGHT} rgb8 at "
@@ -456,7 +459,8 @@ def run_soak(args: argparse.Namespace) -> RunRecord:
     record.samples = sampler.samples + ([record.rss_end] if record.rss_end else [])
     with open(log_dir / "proc_samples.csv", "w") as csv:
         csv.write("t_s,rss_mb,threads\n")
-        csv.writelines(f"{p.t - record.t0:.1f},{p.rss_mb:.1f},{p.threads}\n" for p in record.samples)
+        csv.writelines(f"{p.t - record.t0:.1f},{p.rss_mb:.1f},{p.threads}\n"
+                       for p in record.samples)
     match_answers(record)
     first_inferred = min((c.answer.received for c in record.commands
                           if c.answer and kind_of(c.answer) == "inferred"), default=record.t0)
@@ -693,7 +697,8 @@ def print_report(s: Dict[str, Any]) -> None:
     for reason, n in s["not_found_reasons"].items():
         line(f"    {n} x", reason)
     line("continuous mode", f"{s['commands_in_continuous']} commands sent in it, "
-         f"{s['tracking_answers']} tracking answers; SetParameters ok {s['continuous_set_results']}")
+         f"{s['tracking_answers']} tracking answers; "
+         f"SetParameters ok {s['continuous_set_results']}")
     line("answer latency p50/p95/max (s)",
          f"{s['p50_answer_s']} / {s['p95_answer_s']} / {s['max_answer_s']} (inferred answers)")
     line("  p50 first / last third (s)",

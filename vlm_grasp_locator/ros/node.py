@@ -99,10 +99,11 @@ class StartupError(RuntimeError):
 
 
 def default_locator(config: "LocatorConfig") -> LocatorLike:
-    """``Locator.from_config`` (torch is imported only once the parameters are fine)."""
-    from vlm_grasp_locator.pipeline.locator import Locator
+    """The configured backend's locator, on whatever decoder threads the entry point made
+    (torch is imported only once the parameters are fine)."""
+    from vlm_grasp_locator.backends.factory import build_locator
 
-    return Locator.from_config(config)
+    return build_locator(config)
 
 
 def _service_settings(settings: node_params.NodeSettings) -> ServiceSettings:
@@ -474,10 +475,11 @@ class ProcessOptions:
 def process_locator(options: ProcessOptions) -> LocatorBuilder:
     """The entry point's locator factory: process-wide settings first, then the models."""
     def build(config: "LocatorConfig") -> LocatorLike:
-        if options.torch_threads and config.num_threads > 0:
-            import torch
+        if options.torch_threads:
+            from vlm_grasp_locator.runtime.process import configure_process
 
-            torch.set_num_threads(config.num_threads)
+            # torch threads and the decoder's worker threads; arenas were capped in main()
+            configure_process(num_threads=config.num_threads, malloc_arena_max=None)
         return default_locator(config)
 
     return build

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import enum
 import gc
-import inspect
 import sys
 import threading
 import time
@@ -52,8 +51,8 @@ THROTTLE_S = 5.0  # repeated warnings of one kind are logged at most this often
 class LocatorLike(Protocol):
     """What the service needs of the core (``pipeline.locator.Locator``).
 
-    A ``locate`` that also takes ``frame_key=`` gets the frame's number as its cache key
-    (no hashing of the pixels); one without it is called without.
+    ``locate`` gets the frame's number as ``frame_key``, its cache key (no hashing of
+    the pixels).
     """
 
     @property
@@ -63,7 +62,8 @@ class LocatorLike(Protocol):
     def device(self) -> object: ...
 
     def locate(self, image: np.ndarray, command: str, *,
-               on_stage: Optional[Callable[[str, float], None]] = None) -> "LocateResult": ...
+               on_stage: Optional[Callable[[str, float], None]] = None,
+               frame_key: Optional[int] = None) -> "LocateResult": ...
 
     def clear_cache(self) -> None: ...
 
@@ -176,7 +176,6 @@ class LocatorService:
         self._output_lock = threading.Lock()
         self._state = ServiceState.UNLOADED
         self._locator: Optional[LocatorLike] = None
-        self._keyed = False  # the locator takes frame_key=: the frame number is its cache key
         self._worker: Optional[threading.Thread] = None
         self._source = "image"
         self._frame: Optional[Frame] = None
@@ -214,12 +213,8 @@ class LocatorService:
         if self._state is not ServiceState.UNLOADED:
             raise RuntimeError(f"load() while {self._state.value}")
         locator = self._factory()
-        try:
-            keyed = "frame_key" in inspect.signature(locator.locate).parameters
-        except (TypeError, ValueError):  # no signature to read
-            keyed = False
         with self._cond:
-            self._locator, self._keyed = locator, keyed
+            self._locator = locator
             self._state = ServiceState.INACTIVE
         # A daemon: SIGINT must not wait for an inference to finish.
         self._worker = threading.Thread(target=self._work, name="locator_worker", daemon=True)
@@ -501,11 +496,7 @@ class LocatorService:
         self._trim_due = True
         try:
             rgb = frame.rgb
-            if self._keyed:
-                result = locator.locate(rgb, text, on_stage=on_stage,  # type: ignore[call-arg]
-                                        frame_key=frame.seq)
-            else:
-                result = locator.locate(rgb, text, on_stage=on_stage)
+            result = locator.locate(rgb, text, on_stage=on_stage, frame_key=frame.seq)
         except JobCanceled:
             raise
         except Exception as e:  # noqa: BLE001 - answered not-found; the service keeps serving

@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file of LocatorConfig fields (checkpoint paths, clip_model, seed, onnx_dir)",
     )
     export.set_defaults(func=cmd_export_onnx)
+
+    from vlm_grasp_locator.tools.evaluation import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -282,7 +282,8 @@ def try_download() -> bool:
         return False
     print("demo: checkpoints missing; trying `vlm-grasp-locator download-models` ...", flush=True)
     try:
-        done = subprocess.run([sys.executable, "-m", "vlm_grasp_locator.tools.cli", "download-models"],
+        done = subprocess.run([sys.executable, "-m", "vlm_grasp_locator.tools.cli",
+                               "download-models"],
                               timeout=1800, check=False)
     except subprocess.TimeoutExpired:
         return False

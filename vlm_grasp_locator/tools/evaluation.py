@@ -642,15 +642,17 @@ def _samples(args: argparse.Namespace) -> List[EvalSample]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run ``eval``; 0 when the evaluation ran (whatever the accuracy), 2 on bad input."""
+    from vlm_grasp_locator.backends.factory import build_locator
     from vlm_grasp_locator.models.checkpoints import CheckpointError
-    from vlm_grasp_locator.pipeline.locator import Locator
+    from vlm_grasp_locator.runtime.process import configure_process
 
     try:
         samples = _samples(args)
         if args.limit is not None:
             samples = samples[: args.limit]
         config = _locator_config(args)
-        locator = Locator.from_config(config)
+        configure_process(num_threads=config.num_threads)
+        locator = build_locator(config)
         report = run_evaluation(locator, samples,
                                 overlays_dir=Path(args.overlays) if args.overlays else None,
                                 progress=not args.no_progress, iou_threshold=args.iou,
