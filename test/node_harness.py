@@ -222,11 +222,13 @@ class ScriptedLocator:
     def clear_cache(self) -> None:
         self.cleared += 1
 
-    def locate(self, image: np.ndarray, command: str, on_stage: Any = None,
+    def locate(self, image: np.ndarray, command: Any, on_stage: Any = None,
                frame_key: Any = None) -> Any:
+        """``command``: the text or the service's ``ReferringCommand`` (its text is kept)."""
         from vlm_grasp_locator.core.command_parser import parse_command
         from vlm_grasp_locator.pipeline.locator import Detection, LocateResult
 
+        command = command if isinstance(command, str) else command.command
         report = on_stage or (lambda stage, progress: None)
         self.calls.append(command)
         self.keys.append(frame_key)

@@ -7,6 +7,7 @@ import pytest
 
 from vlm_grasp_locator.backends.factory import build_locator
 from vlm_grasp_locator.core.command_parser import parse_command
+from vlm_grasp_locator.core.referring import parse_referring
 from vlm_grasp_locator.pipeline import locator as locator_module
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
 
@@ -130,10 +131,11 @@ def test_a_frame_key_names_the_frame_instead_of_its_pixels(locator, scene):
     assert [d.score for d in hashed.detections] == [d.score for d in first.detections]
 
 
-def test_a_parsed_command_is_not_parsed_again(locator, scene, monkeypatch):
-    parsed = parse_command("please take the green block")
+@pytest.mark.parametrize("parse", [parse_command, parse_referring])
+def test_a_parsed_command_is_not_parsed_again(locator, scene, monkeypatch, parse):
+    parsed = parse("please take the green block")
     calls = []
-    monkeypatch.setattr(locator_module, "parse_command", lambda text: calls.append(text))
+    monkeypatch.setattr(locator_module, "parse_referring", lambda text: calls.append(text))
     result = locator.locate(scene, parsed)
     assert calls == [] and result.target == "green block" and result.found
     assert result.command == "please take the green block"

@@ -1,9 +1,14 @@
 """The core: ``Locator.locate(image, command)`` -> ranked detections. No ROS here.
 
-Pipeline: parse the command (``command_parser``), propose regions over the whole image
-(a ``parts.Proposer``; MobileSAM by default, ``mask_proposals``), score each region
-against the target phrase (a ``parts.RegionScorer``; TinyCLIP on mask crops by default,
-``crop_scoring``), keep what passes the threshold.
+Pipeline: parse the command (``core.referring``: targets, relations, ordinals,
+exclusions), propose regions over the whole image (a ``parts.Proposer``; MobileSAM by
+default, ``mask_proposals``), score each region against every phrase the command names
+(a ``parts.RegionScorer``; TinyCLIP on mask crops by default, ``crop_scoring``), keep
+what passes the threshold. A plain command ("take the red pen") ranks by the target
+phrase's score alone; relations, ordinals and exclusions ("the cup left of the plate",
+"the second bottle from the left", "the red one, not the blue one") are resolved over
+the regions' geometry (``core.relations``), and several targets ("the pen and then the
+cup") are answered in order.
 
 **Building one.** The pipeline does not choose engines: ``backends.factory.build_locator
 (config)`` loads the models of ``config.backend`` and calls ``Locator.from_models``;
@@ -32,10 +37,19 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
+import cv2
 import numpy as np
 import torch
 
-from vlm_grasp_locator.core.command_parser import ParsedCommand, parse_command
+from vlm_grasp_locator.core.command_parser import ParsedCommand
+from vlm_grasp_locator.core.referring import ReferringCommand, Target, parse_referring
+from vlm_grasp_locator.core.relations import (
+    PhraseScores,
+    Regions,
+    TargetResolution,
+    phrases_to_score,
+    resolve_command,
+)
 from vlm_grasp_locator.core.image_input import fit_long_side, resize_mask, to_rgb_uint8
 from vlm_grasp_locator.core.image_input import frame_key as pixels_key
 from vlm_grasp_locator.models.checkpoints import normalise_sha256
@@ -205,7 +219,21 @@ class Detection:
 
 
 @dataclass
+class TargetAnswer:
+    """The answer for one target of a command (a command may name several, in order)."""
+
+    phrase: str  # what was scored, e.g. "cup"
+    found: bool
+    reason: str  # why nothing was found; "" when found
+    explanation: str  # what decided it, e.g. "cup 0.91: left of plate (plate 0.81 at #2)"
+    detections: List[Detection]
+
+
+@dataclass
 class LocateResult:
+    """The answer to a command. ``target``, ``found``, ``reason`` and ``detections`` are
+    the first target's; ``targets`` holds every target's answer in the command's order."""
+
     command: str
     target: Optional[str]
     found: bool
@@ -215,6 +243,8 @@ class LocateResult:
     timings_ms: Dict[str, float]
     proposals: int = 0  # masks proposed (and scored)
     prompts: int = 0  # fast mode: point prompts MobileSAM decoded for this answer; 0 in exact mode
+    targets: List[TargetAnswer] = field(default_factory=list)
+    explanation: str = ""  # the first target's: what decided it, what was not understood
 
     @property
     def best(self) -> Optional[Detection]:
@@ -238,6 +268,17 @@ class LocateResult:
                 for d in self.detections
             ],
             "timings_ms": dict(self.timings_ms),
+            "explanation": self.explanation,
+            "targets": [
+                {
+                    "phrase": t.phrase,
+                    "found": t.found,
+                    "reason": t.reason,
+                    "explanation": t.explanation,
+                    "box_xyxy": list(t.detections[0].box_xyxy) if t.detections else None,
+                }
+                for t in self.targets
+            ],
         }
 
 
@@ -374,17 +415,21 @@ class Locator:
     def locate(
         self,
         image: np.ndarray,
-        command: Union[str, ParsedCommand],
+        command: Union[str, ReferringCommand, ParsedCommand],
         *,
         channel_order: str = "rgb",
         on_stage: Optional[StageCallback] = None,
         frame_key: Optional[Hashable] = None,
+        depth_m: Optional[np.ndarray] = None,
     ) -> LocateResult:
         """Find what ``command`` names in ``image`` (HxW, HxWx3 or HxWx4; see ``to_rgb_uint8``).
 
-        ``command``: the text, or what ``parse_command`` made of it (a caller that parsed
-        it already; it is not parsed again). ``frame_key``: names the frame (the node's
-        frame number): the same key must mean the same pixels; None hashes the pixels.
+        ``command``: the text, or what ``parse_referring`` (or ``parse_command``) made of
+        it (a caller that parsed it already; it is not parsed again). ``frame_key``: names
+        the frame (the node's frame number): the same key must mean the same pixels; None
+        hashes the pixels. ``depth_m``: optional depth in metres registered to ``image``
+        (HxW; 0, NaN and inf = unknown); relations such as "closest to me" and "behind"
+        use it, and fall back to the image (lower = nearer) without it.
         Raises ValueError for an unusable image; a command without an object is not an
         error but a result with ``found=False`` and the reason. ``on_stage`` hears
         ``proposing`` and ``scoring`` (see ``StageCallback``), in both modes.
@@ -395,8 +440,12 @@ class Locator:
         height, width = rgb.shape[:2]
         if min(height, width) < 2:
             raise ValueError(f"image of {width}x{height} pixels is too small to search")
-        parsed = command if isinstance(command, ParsedCommand) else parse_command(command)
+        parsed = _referring(command)
         timings: Dict[str, float] = {}
+        not_understood = (
+            "not understood: " + ", ".join(repr(u) for u in parsed.unparsed)
+            if parsed.unparsed else ""
+        )
 
         def result(
             found: bool,
@@ -404,11 +453,19 @@ class Locator:
             detections: List[Detection],
             proposals: int = 0,
             prompts: int = 0,
+            answers: Optional[List[TargetAnswer]] = None,
         ) -> LocateResult:
             timings["total"] = (time.perf_counter() - started) * 1e3
+            if answers is None:
+                answers = [TargetAnswer(t.phrase, found, reason, "", detections if i == 0 else [])
+                           for i, t in enumerate(parsed.targets)]
+            explanation = "; ".join(x for x in (answers[0].explanation if answers else "",
+                                                not_understood) if x)
+            if not found and not_understood:
+                reason = f"{reason} ({not_understood})" if reason else not_understood
             return LocateResult(
                 parsed.command,
-                parsed.target,
+                parsed.targets[0].phrase if parsed.targets else None,
                 found,
                 reason,
                 (width, height),
@@ -416,11 +473,14 @@ class Locator:
                 timings,
                 proposals,
                 prompts,
+                answers,
+                explanation,
             )
 
-        target = parsed.target
-        if target is None:
-            return result(False, parsed.reason, [])
+        if not parsed.targets:
+            return result(False, parsed.reason or "no object named in the command", [])
+        target = parsed.targets[0].phrase
+        plain = len(parsed.targets) == 1 and parsed.targets[0].is_plain
         key: FrameKey = (
             ("frame", frame_key) if frame_key is not None else ("pixels", pixels_key(rgb))
         )
@@ -433,9 +493,11 @@ class Locator:
                 scored, self._frame = self._exact_frame(rgb, key, frame, timings, report)
             report(STAGE_SCORING, 0.9)
             t0 = time.perf_counter()
-            similarity, score = self.scorer.score(scored.features, target)
+            by_phrase = {p: self.scorer.score(scored.features, p)
+                         for p in phrases_to_score(parsed)}
             timings["text"] = (time.perf_counter() - t0) * 1e3
             scale = self._frame.scale
+        similarity, score = by_phrase[target]
         n = len(scored.proposals)
         if n == 0:
             where = (
@@ -444,6 +506,14 @@ class Locator:
                 else " in this image"
             )
             return result(False, f"no object masks were proposed{where}", [], 0, scored.prompts)
+        if not plain:
+            t0 = time.perf_counter()
+            answers = self._resolve(parsed, scored.proposals, by_phrase, scale, (height, width),
+                                    depth_m)
+            timings["relations"] = (time.perf_counter() - t0) * 1e3
+            first = answers[0]
+            return result(first.found, first.reason, first.detections, n, scored.prompts,
+                          answers)
         order = np.lexsort((-similarity, -score))  # by score, ties by similarity
         threshold = self.config.score_threshold
         passing = [i for i in order if score[i] >= threshold][: self.config.max_detections]
@@ -464,6 +534,53 @@ class Locator:
             for i in passing
         ]
         return result(True, "", detections, n, scored.prompts)
+
+    def _resolve(
+        self,
+        parsed: ReferringCommand,
+        proposals: Proposals,
+        by_phrase: Dict[str, Tuple[np.ndarray, np.ndarray]],
+        scale: float,
+        size_hw: Tuple[int, int],
+        depth_m: Optional[np.ndarray] = None,
+    ) -> List[TargetAnswer]:
+        """Each target's answer from the regions' geometry and every phrase's scores.
+
+        A region must score at least ``score_threshold`` for its target phrase (it must
+        look like the thing); among those, the resolver's combined score (phrase score
+        times the relations', ordinal's and exclusions' factors) ranks them and is the
+        detection's score.
+        """
+        phrases = tuple(by_phrase)
+        matrix = np.stack([by_phrase[p][1] for p in phrases], axis=1)
+        regions = _regions(proposals, depth_m)
+        resolutions = resolve_command(parsed, regions, PhraseScores(phrases, matrix))
+        return [self._answer(r, proposals, by_phrase, scale, size_hw) for r in resolutions]
+
+    def _answer(
+        self,
+        resolution: TargetResolution,
+        proposals: Proposals,
+        by_phrase: Dict[str, Tuple[np.ndarray, np.ndarray]],
+        scale: float,
+        size_hw: Tuple[int, int],
+    ) -> TargetAnswer:
+        phrase = resolution.target.phrase
+        similarity, score = by_phrase[phrase]
+        threshold = self.config.score_threshold
+        passing = [r for r in resolution.ranked if score[r.index] >= threshold and r.score > 0]
+        passing = passing[: self.config.max_detections]
+        if not passing:
+            best = resolution.best
+            why = f"no region fits '{resolution.target.text or phrase}'"
+            if best is not None:
+                why += f" (best: {best.reason})"
+            return TargetAnswer(phrase, False, why, best.reason if best else "", [])
+        detections = [
+            _detection(proposals, scale, r.index, phrase, r.score, similarity[r.index], size_hw)
+            for r in passing
+        ]
+        return TargetAnswer(phrase, True, "", passing[0].reason, detections)
 
     def _exact_frame(
         self,
@@ -563,6 +680,42 @@ class Locator:
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return torch.autocast(device_type="cpu", enabled=False)
+
+
+def _referring(command: Union[str, ReferringCommand, ParsedCommand]) -> ReferringCommand:
+    """The parsed command; a ``ParsedCommand`` (one phrase) becomes a plain target."""
+    if isinstance(command, ReferringCommand):
+        return command
+    if isinstance(command, ParsedCommand):
+        targets = (Target(command.target),) if command.target else ()
+        return ReferringCommand(command.command, targets, reason=command.reason)
+    return parse_referring(command)
+
+
+def _regions(proposals: Proposals, depth_m: Optional[np.ndarray] = None) -> Regions:
+    """The proposals' geometry for the relation resolver: boxes, areas, mask centroids
+    and, with a depth image, each mask's median valid depth."""
+    masks = proposals.masks
+    n, height, width = masks.shape
+    areas = proposals.areas.astype(np.float64)
+    safe = np.maximum(areas, 1.0)
+    cy = masks.sum(axis=2) @ np.arange(height, dtype=np.float64) / safe + 0.5
+    cx = masks.sum(axis=1) @ np.arange(width, dtype=np.float64) / safe + 0.5
+    depths = None
+    if depth_m is not None:
+        depth = np.asarray(depth_m, dtype=np.float32)
+        if depth.ndim != 2:
+            raise ValueError(f"depth_m must be HxW, got shape {depth.shape}")
+        if depth.shape != (height, width):
+            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
+        valid = np.isfinite(depth) & (depth > 0)
+        depths = np.full(n, np.nan)
+        for i in range(n):
+            values = depth[masks[i] & valid]
+            if values.size:
+                depths[i] = float(np.median(values))
+    return Regions(proposals.boxes_xyxy, areas, np.stack([cx, cy], axis=1), (width, height),
+                   depths)
 
 
 def _detection(

@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
-from vlm_grasp_locator.core.command_parser import is_stop_command, parse_command
+from vlm_grasp_locator.core.command_parser import is_stop_command
+from vlm_grasp_locator.core.referring import ReferringCommand, parse_referring
 from vlm_grasp_locator.runtime.memory import release_freed_memory
 from vlm_grasp_locator.service.jobs import (
     Frame,
@@ -61,7 +62,7 @@ class LocatorLike(Protocol):
     @property
     def device(self) -> object: ...
 
-    def locate(self, image: np.ndarray, command: str, *,
+    def locate(self, image: np.ndarray, command: Union[str, ReferringCommand], *,
                on_stage: Optional[Callable[[str, float], None]] = None,
                frame_key: Optional[int] = None) -> "LocateResult": ...
 
@@ -426,20 +427,21 @@ class LocatorService:
                 track, self._track = self._track, None
             if track is not None:
                 self._log.info(f"stopped following {short(track)}")
-        parsed = parse_command(text)
-        if parsed.target is None:
+        parsed = parse_referring(text)
+        target = parsed.targets[0].phrase if parsed.targets else None
+        if target is None:
             reason = parsed.reason or "no target in command"
             self._warn(Notice.NOT_ACTIONABLE, f"command {short(text)} not actionable: {reason}")
             self._reply(Reply(text, job, self._frame, reason=reason))
             return
         self._log.info(f"{'goal' if job.is_goal else 'command'} {short(text)} "
-                       f"-> target {parsed.target!r}")
+                       f"-> target {target!r}")
         frame, why = self._wait_for_frame(job)
         if frame is None:
             self._warn(Notice.NO_FRAME, f"command {short(text)}: {why}")
-            self._reply(Reply(text, job, self._frame, parsed.target, reason=why))
+            self._reply(Reply(text, job, self._frame, target, reason=why))
             return
-        self._locate(frame, text, parsed.target, job)
+        self._locate(frame, parsed, target, job)
         with self._cond:
             if self._settings.continuous and not job.is_goal:
                 self._track = text
@@ -474,13 +476,16 @@ class LocatorService:
         return None, (f"latest image on '{self._source}' is {now - frame.received:.1f} s old "
                       f"(max_image_age={max_age:g} s) and no newer one arrived within {wait}")
 
-    def _locate(self, frame: Frame, text: str, target: Optional[str],
-                job: Optional[Job]) -> None:
+    def _locate(self, frame: Frame, command: Union[str, ReferringCommand],
+                target: Optional[str], job: Optional[Job]) -> None:
         """Run the core on ``frame`` and publish the answer (not-found if the core raises).
 
+        ``command``: the text, or what ``parse_referring`` made of it (not parsed again).
         ``job``: answer that job (with feedback and cancel between stages); None for a
         continuous-mode frame.
         """
+        text = command if isinstance(command, str) else command.command
+
         def on_stage(name: str, progress: float) -> None:
             self._check(job)
             if job is not None:
@@ -496,7 +501,7 @@ class LocatorService:
         self._trim_due = True
         try:
             rgb = frame.rgb
-            result = locator.locate(rgb, text, on_stage=on_stage, frame_key=frame.seq)
+            result = locator.locate(rgb, command, on_stage=on_stage, frame_key=frame.seq)
         except JobCanceled:
             raise
         except Exception as e:  # noqa: BLE001 - answered not-found; the service keeps serving
