@@ -48,6 +48,7 @@ def test_grasp_target_fields() -> None:
         "target": "string",
         "found": "boolean",
         "reason": "string",
+        "explanation": "string",
         "detection": "vision_msgs/Detection2D",
         "mask": "sensor_msgs/Image",
         "pose_valid": "boolean",
@@ -60,7 +61,17 @@ def test_locate_action_fields() -> None:
                                                         "include_mask": "boolean"}
     assert Locate.Goal().include_mask is False  # the mask only on request
     assert Locate.Result.get_fields_and_field_types() == {
-        "target": "vlm_grasp_locator/GraspTarget"
+        "target": "vlm_grasp_locator/GraspTarget",
+        "targets": "sequence<vlm_grasp_locator/GraspTarget>",
+    }
+
+
+def test_grasp_target_array_fields() -> None:
+    from vlm_grasp_locator.msg import GraspTargetArray
+
+    assert GraspTargetArray.get_fields_and_field_types() == {
+        "header": "std_msgs/Header",
+        "targets": "sequence<vlm_grasp_locator/GraspTarget>",
     }
     assert Locate.Feedback.get_fields_and_field_types() == {
         "stage": "string",

@@ -108,6 +108,34 @@ def test_goal_with_include_mask_gets_the_image_sized_mask(node: RunningNode) -> 
     assert mask.size == W * H and set(np.unique(mask)) <= {0, 255} and mask.any()
 
 
+def test_several_targets_are_answered_in_order_on_the_action_and_the_topics(
+        node: RunningNode) -> None:
+    header = node.publish(_frame())
+    client = node.client
+    assert client is not None
+    start = len(client.received["grasp_targets"])
+    run = node.caller.send("take the cup and then the spoon")  # type: ignore[attr-defined]
+    status, target = run.wait(INFER_TIMEOUT_S)
+    assert status == _status().STATUS_SUCCEEDED
+    result = run.result_future.result().result
+    assert [t.target for t in result.targets] == ["cup", "spoon"]
+    assert result.target.target == "cup" and result.targets[0].found == target.found
+    assert all(len(t.mask.data) == 0 for t in result.targets)  # no masks unless asked
+    for t in result.targets:
+        _assert_header(t, header)
+    # the topic: every target, in order, with its mask
+    assert client.spin_until(lambda: len(client.received["grasp_targets"]) > start, 10.0)
+    published = client.received["grasp_targets"][-1]
+    _assert_header(published, header)
+    assert [t.target for t in published.targets] == ["cup", "spoon"]
+    found = [t for t in published.targets if t.found]
+    assert all(len(t.mask.data) == W * H for t in found)
+    detections = client.outputs_for("detections", header)
+    assert detections, "no detections for the frame"
+    labels = [d.results[0].hypothesis.class_id for d in detections[-1].detections]
+    assert labels == sorted(labels, key=["cup", "spoon"].index)  # each target's, in order
+
+
 @pytest.mark.parametrize("command", ["", "   ", "\x01\x02\x7f", "take it"])
 def test_empty_or_junk_command_succeeds_not_found_with_a_reason(node: RunningNode,
                                                                 command: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vlm_grasp_locator.ros.messages import Answer
 from vlm_grasp_locator.service.jobs import Job, JobKind, Outcome, Stage
@@ -138,7 +138,8 @@ class LocateActionServer:
                 deadline = time.monotonic() + CANCEL_STATE_WAIT_S
                 while not handle.is_cancel_requested and time.monotonic() < deadline:
                     time.sleep(0.005)
-            result = self._Locate.Result(target=self._result_target(goal))
+            target, targets = self._result_targets(goal)
+            result = self._Locate.Result(target=target, targets=targets)
             if job.outcome is Outcome.SUCCEEDED:
                 handle.succeed()
             elif job.outcome is Outcome.CANCELED and handle.is_cancel_requested:
@@ -150,18 +151,26 @@ class LocateActionServer:
             with self._goals_lock:
                 self._goals.pop(bytes(handle.goal_id.uuid), None)
 
-    def _result_target(self, goal: _Goal) -> Any:
-        """The answer, its mask left out unless the goal asked for it."""
+    def _result_targets(self, goal: _Goal) -> Tuple[Any, List[Any]]:
+        """The answer and every target's, masks left out unless the goal asked for them."""
         job = goal.job
         if job.outcome is Outcome.SUCCEEDED and isinstance(job.answer, Answer):
             target = job.answer.grasp_target
+            array = job.answer.grasp_targets
+            targets = list(array.targets) if array is not None else [target]
         else:
             target = self._not_found(Reply(job.text, None, self._service.newest_frame,
                                            reason=job.reason))
+            targets = [target]
         if goal.handle.request.include_mask:
-            return target
-        from sensor_msgs.msg import Image
+            return target, targets
+        return _without_mask(target), [_without_mask(t) for t in targets]
 
-        target = copy.copy(target)
-        target.mask = Image(header=target.mask.header)
-        return target
+
+def _without_mask(target: Any) -> Any:
+    """A copy of a GraspTarget whose mask keeps only its header."""
+    from sensor_msgs.msg import Image
+
+    target = copy.copy(target)
+    target.mask = Image(header=target.mask.header)
+    return target

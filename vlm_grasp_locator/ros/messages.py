@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +25,7 @@ class MsgTypes:
     detection: type
     hypothesis: type
     grasp_target: type
+    grasp_target_array: Optional[type] = None  # None where only the 2D answer is built
     # Depth outputs (None where not loaded: only the 2D messages can be built then).
     pose_stamped: Optional[type] = None
     point_cloud: Optional[type] = None
@@ -43,7 +44,7 @@ class MsgTypes:
         from std_msgs.msg import Header
         from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
-        from vlm_grasp_locator.msg import GraspTarget
+        from vlm_grasp_locator.msg import GraspTarget, GraspTargetArray
 
         extra: dict = {}
         if depth:
@@ -54,7 +55,7 @@ class MsgTypes:
             extra = dict(pose_stamped=PoseStamped, point_cloud=PointCloud2,
                          point_field=PointField, marker_array=MarkerArray, marker=Marker)
         return cls(Image, Header, Detection2DArray, Detection2D, ObjectHypothesisWithPose,
-                   GraspTarget, **extra)
+                   GraspTarget, GraspTargetArray, **extra)
 
 
 def copy_header(header: Any, header_cls: Optional[type] = None) -> Any:
@@ -129,12 +130,16 @@ def detection_msg(types: MsgTypes, header: Any, detection: Any, rank: int) -> An
     return msg
 
 
-def detection_array_msg(types: MsgTypes, header: Any, detections: Sequence[Any]) -> Any:
-    """A Detection2DArray, one Detection2D per detection, best (highest score) first."""
-    ranked = sorted(detections, key=lambda d: float(d.score), reverse=True)
+def detection_array_msg(types: MsgTypes, header: Any, detections: Sequence[Any],
+                        ranked: bool = False) -> Any:
+    """A Detection2DArray, one Detection2D per detection, best (highest score) first;
+    ``ranked``: keep the given order (several targets: each target's, in command order)."""
+    if not ranked:
+        detections = sorted(detections, key=lambda d: float(d.score), reverse=True)
     msg = types.detection_array()
     msg.header = copy_header(header, types.header)
-    msg.detections = [detection_msg(types, header, d, rank) for rank, d in enumerate(ranked)]
+    msg.detections = [detection_msg(types, header, d, rank)
+                      for rank, d in enumerate(detections)]
     return msg
 
 
@@ -148,6 +153,7 @@ def grasp_target_msg(
     reason: str,
     detection: Any = None,
     mask: Any = None,
+    explanation: str = "",
 ) -> Any:
     """A GraspTarget; ``detection``/``mask`` are messages (defaults: empty, with the header)."""
     msg = types.grasp_target()
@@ -156,6 +162,7 @@ def grasp_target_msg(
     msg.target = target or ""
     msg.found = bool(found)
     msg.reason = reason
+    msg.explanation = explanation
     if detection is None:
         detection = types.detection()
         detection.header = copy_header(header, types.header)
@@ -177,6 +184,7 @@ class Answer:
     pose: Any = None  # PoseStamped (depth only)
     cloud: Any = None  # PointCloud2 (depth only)
     markers: Any = None  # MarkerArray (depth only)
+    grasp_targets: Any = None  # GraspTargetArray: every target in order (grasp_target first)
 
 
 def best_detection(result: Any) -> Any:
@@ -196,38 +204,66 @@ def result_messages(
 ) -> Answer:
     """All messages for a ``LocateResult`` computed on the frame with ``header``.
 
-    The mask topic gets the best mask, or an all-zero mask of image size when nothing
-    was found (so a consumer always gets one mask per located frame).
+    The mask topic gets the first target's best mask, or an all-zero mask of image size
+    when nothing was found (so a consumer always gets one mask per located frame). A
+    command naming several targets gets one GraspTarget each (``grasp_targets``), and
+    ``detections`` holds each target's detections in the command's order.
     """
-    detections = list(result.detections) if result.found else []
-    array_msg = detection_array_msg(types, header, detections)
     w, h = (int(v) for v in result.image_size)
-    if array_msg.detections:
-        best = best_detection(result)
-        mask_msg = mask_image_msg(types, header, np.asarray(best.mask, dtype=bool))
-        target_msg = grasp_target_msg(
-            types, header, command=command, target=result.target, found=True, reason="",
-            detection=array_msg.detections[0], mask=mask_msg,
-        )
-    else:
-        mask_msg = mask_image_msg(types, header, np.zeros((h, w), dtype=bool))
-        reason = result.reason or "no detection"
-        target_msg = grasp_target_msg(
-            types, header, command=command, target=result.target, found=False, reason=reason,
-        )
+    explanation = str(getattr(result, "explanation", ""))
+    answers = list(getattr(result, "targets", None) or [])
+    several = len(answers) > 1
+    if several:
+        detections = [d for t in answers if t.found for d in t.detections]
+        targets = [_target_msg(types, header, command, t.phrase, t.found, t.reason,
+                               t.explanation, t.detections, (h, w)) for t in answers]
+        target_msg = targets[0]
+    else:  # one target: the result's own fields, as for every plain command
+        detections = list(result.detections) if result.found else []
+        target_msg = _target_msg(types, header, command, result.target, bool(detections),
+                                 result.reason, explanation, detections, (h, w))
+        targets = [target_msg]
+    array_msg = detection_array_msg(types, header, detections, ranked=several)
+    mask_msg = target_msg.mask if target_msg.found else mask_image_msg(
+        types, header, np.zeros((h, w), dtype=bool))
     overlay_msg = rgb_image_msg(types, header, overlay_rgb) if overlay_rgb is not None else None
-    return Answer(array_msg, target_msg, mask_msg, overlay_msg)
+    return Answer(array_msg, target_msg, mask_msg, overlay_msg,
+                  grasp_targets=grasp_target_array_msg(types, header, targets))
+
+
+def _target_msg(types: MsgTypes, header: Any, command: str, target: Optional[str],
+                found: bool, reason: str, explanation: str, detections: Sequence[Any],
+                size_hw: Tuple[int, int]) -> Any:
+    """One target's GraspTarget: its best detection and mask, or found=false."""
+    if found and detections:
+        best = max(detections, key=lambda d: float(d.score))
+        return grasp_target_msg(
+            types, header, command=command, target=target, found=True, reason="",
+            detection=detection_msg(types, header, best, 0),
+            mask=mask_image_msg(types, header, np.asarray(best.mask, dtype=bool)),
+            explanation=explanation)
+    return grasp_target_msg(types, header, command=command, target=target, found=False,
+                            reason=reason or "no detection", explanation=explanation)
+
+
+def grasp_target_array_msg(types: MsgTypes, header: Any, targets: Sequence[Any]) -> Any:
+    """A GraspTargetArray of ``targets`` (None where the type is not loaded)."""
+    if types.grasp_target_array is None:
+        return None
+    msg = types.grasp_target_array()
+    msg.header = copy_header(header, types.header)
+    msg.targets = list(targets)
+    return msg
 
 
 def not_found_messages(
     types: MsgTypes, header: Any, command: str, target: Optional[str], reason: str
 ) -> Answer:
     """An answer without inference: empty detections and found=false with the reason."""
-    return Answer(
-        detection_array_msg(types, header, []),
-        grasp_target_msg(types, header, command=command, target=target, found=False,
-                         reason=reason),
-    )
+    target_msg = grasp_target_msg(types, header, command=command, target=target,
+                                  found=False, reason=reason)
+    return Answer(detection_array_msg(types, header, []), target_msg,
+                  grasp_targets=grasp_target_array_msg(types, header, [target_msg]))
 
 
 # ---------------------------------------------------------------------- depth outputs

@@ -2,6 +2,7 @@
 the output topics.
 
 ``grasp_target`` (transient local: a late planner still gets the last answer),
+``grasp_targets`` (every target of the command in order, transient local),
 ``detections``, ``mask``, ``overlay``; with depth also ``target_pose``, ``object_cloud``
 and ``markers``. Every message carries the source frame's header (the 3D ones the paired
 depth frame's).
@@ -51,6 +52,7 @@ class Publishers:
     grasp_target: Any
     mask: Any
     overlay: Any
+    grasp_targets: Any = None
     pose: Any = None
     cloud: Any = None
     markers: Any = None
@@ -62,7 +64,8 @@ class Publishers:
         latched.durability = DurabilityPolicy.TRANSIENT_LOCAL
         pubs = cls(make(types.detection_array, "detections", qos),
                    make(types.grasp_target, "grasp_target", latched),
-                   make(types.image, "mask", qos), make(types.image, "overlay", qos))
+                   make(types.image, "mask", qos), make(types.image, "overlay", qos),
+                   make(types.grasp_target_array, "grasp_targets", latched))
         if depth:
             pubs.pose = make(types.pose_stamped, "target_pose", qos)
             pubs.cloud = make(types.point_cloud, "object_cloud", qos)
@@ -71,7 +74,8 @@ class Publishers:
 
     def all(self) -> List[Any]:
         return [p for p in (self.detections, self.grasp_target, self.mask, self.overlay,
-                            self.pose, self.cloud, self.markers) if p is not None]
+                            self.grasp_targets, self.pose, self.cloud, self.markers)
+                if p is not None]
 
 
 class AnswerOutputs:
@@ -150,7 +154,8 @@ class AnswerOutputs:
         pubs.detections.publish(rendered.detections)
         for publisher, msg in ((pubs.mask, rendered.mask), (pubs.overlay, rendered.overlay),
                                (pubs.pose, rendered.pose), (pubs.cloud, rendered.cloud),
-                               (pubs.markers, rendered.markers)):
+                               (pubs.markers, rendered.markers),
+                               (pubs.grasp_targets, rendered.grasp_targets)):
             if msg is not None and publisher is not None:
                 publisher.publish(msg)
         pubs.grasp_target.publish(rendered.grasp_target)

@@ -123,7 +123,7 @@ class NodeProcess:
 class LocatorClient:
     """Talks to a grasp_locator node: publishes image/command, collects every output."""
 
-    OUTPUTS = ("grasp_target", "detections", "mask", "overlay")
+    OUTPUTS = ("grasp_target", "detections", "mask", "overlay", "grasp_targets")
 
     def __init__(self, domain_id: int, *, namespace: str = "",
                  name: str = "grasp_locator_client") -> None:
@@ -154,7 +154,8 @@ class LocatorClient:
         kinds = {"grasp_target": (self.types.grasp_target, latched),
                  "detections": (self.types.detection_array, reliable),
                  "mask": (self.types.image, reliable),
-                 "overlay": (self.types.image, reliable)}
+                 "overlay": (self.types.image, reliable),
+                 "grasp_targets": (self.types.grasp_target_array, latched)}
         for topic, (msg_type, qos) in kinds.items():
             self.node.create_subscription(msg_type, topic, self._collector(topic), qos)
         self._String = String
