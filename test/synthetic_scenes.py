@@ -194,6 +194,36 @@ class OracleScorer:
 _MARGIN = 8  # pixels between objects
 
 
+class TrueMasks:
+    """A ``Proposer`` (``pipeline.parts``): the scene's object masks plus the table around
+    them, counting its calls."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray):
+        from vlm_grasp_locator.pipeline.proposals import Proposals
+
+        self.calls += 1
+        assert image.shape[:2] == self.scene.masks.shape[1:]
+        table = ~self.scene.masks.any(axis=0)
+        return Proposals.from_masks(np.concatenate([self.scene.masks, table[None]]))
+
+
+class CountingOracle:
+    """A ``RegionScorer`` on ``OracleScorer`` (colour and shape read from the pixels),
+    recording the phrases it was asked."""
+
+    def __init__(self) -> None:
+        self.oracle = OracleScorer()
+        self.phrases: List[str] = []
+
+    def __call__(self, image: np.ndarray, proposals, phrases: Sequence[str]) -> np.ndarray:
+        self.phrases.extend(phrases)
+        return self.oracle.score(image, proposals.masks, phrases)
+
+
 def _overlaps(box: Box, others: Sequence[SceneObject]) -> bool:
     x1, y1, x2, y2 = box
     return any(x1 < o.box[2] + _MARGIN and o.box[0] < x2 + _MARGIN and

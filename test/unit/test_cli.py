@@ -68,8 +68,13 @@ def test_json_output_matches_schema_and_overlay_is_written(scene_file, small_con
         "image_size",
         "detections",
         "timings_ms",
+        "explanation",
+        "targets",
     }
     assert record["command"] == "grab a red block" and record["target"] == "red block"
+    assert [t["phrase"] for t in record["targets"]] == ["red block"]
+    assert record["targets"][0]["box_xyxy"] == record["detections"][0]["box_xyxy"]
+    assert record["explanation"] == ""  # a plain command: the phrase alone decided
     assert record["image_size"] == [320, 240] and isinstance(record["found"], bool)
     assert record["found"] and record["detections"]
     for det in record["detections"]:

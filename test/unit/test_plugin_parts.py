@@ -4,12 +4,10 @@ from the pixels (``synthetic_scenes.OracleScorer``), so the right answer is know
 
 from __future__ import annotations
 
-from typing import List, Sequence
-
 import numpy as np
 import pytest
 
-from synthetic_scenes import CommandKind, OracleScorer, Scene, generate
+from synthetic_scenes import CommandKind, CountingOracle, TrueMasks, generate
 from vlm_grasp_locator.models.interfaces import LoadedModels
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
 from vlm_grasp_locator.pipeline.parts import Proposer, RegionScorer
@@ -18,32 +16,6 @@ from vlm_grasp_locator.pipeline.proposals import Proposals
 from test_locator import assert_well_formed
 
 PLAIN = generate(24, seed=11, kinds=(CommandKind.PLAIN,))
-
-
-class TrueMasks:
-    """A ``Proposer``: the scene's object masks plus the table around them, counting calls."""
-
-    def __init__(self, scene: Scene) -> None:
-        self.scene = scene
-        self.calls = 0
-
-    def __call__(self, image: np.ndarray) -> Proposals:
-        self.calls += 1
-        assert image.shape[:2] == self.scene.masks.shape[1:]
-        table = ~self.scene.masks.any(axis=0)
-        return Proposals.from_masks(np.concatenate([self.scene.masks, table[None]]))
-
-
-class CountingOracle:
-    """A ``RegionScorer`` on ``OracleScorer``: colour and shape words read from pixels."""
-
-    def __init__(self) -> None:
-        self.oracle = OracleScorer()
-        self.phrases: List[str] = []
-
-    def __call__(self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]):
-        self.phrases.extend(phrases)
-        return self.oracle.score(image, proposals.masks, phrases)
 
 
 def plugin_config(**overrides) -> LocatorConfig:

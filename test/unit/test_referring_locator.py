@@ -11,40 +11,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 import pytest
 
-from synthetic_scenes import CommandKind, OracleScorer, Scene, SceneCommand, generate
+from synthetic_scenes import CommandKind, CountingOracle, Scene, SceneCommand, TrueMasks, generate
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
-from vlm_grasp_locator.pipeline.proposals import Proposals
 
 NON_PLAIN = tuple(k for k in CommandKind if k is not CommandKind.PLAIN)
 CASES = generate(330, seed=7, kinds=NON_PLAIN)
-
-
-class TrueMasks:
-    """The scene's object masks plus the table, as a ``Proposer``."""
-
-    def __init__(self, scene: Scene) -> None:
-        self.scene = scene
-
-    def __call__(self, image: np.ndarray) -> Proposals:
-        table = ~self.scene.masks.any(axis=0)
-        return Proposals.from_masks(np.concatenate([self.scene.masks, table[None]]))
-
-
-class PhraseCounter:
-    """``OracleScorer`` as a ``RegionScorer``, recording the phrases it was asked."""
-
-    def __init__(self) -> None:
-        self.oracle = OracleScorer()
-        self.phrases: List[str] = []
-
-    def __call__(self, image: np.ndarray, proposals: Proposals, phrases: Sequence[str]):
-        self.phrases.extend(phrases)
-        return self.oracle.score(image, proposals.masks, phrases)
 
 
 def depth_image(scene: Scene) -> np.ndarray:
@@ -57,13 +33,13 @@ def depth_image(scene: Scene) -> np.ndarray:
     return depth
 
 
-def locator_for(scene: Scene, scorer: PhraseCounter) -> Locator:
+def locator_for(scene: Scene, scorer: CountingOracle) -> Locator:
     config = LocatorConfig(device="cpu", score_threshold=0.3, max_detections=3)
     return Locator.from_parts(config, proposer=TrueMasks(scene), scorer=scorer)
 
 
 def answered(case: SceneCommand) -> tuple:
-    locator = locator_for(case.scene, PhraseCounter())
+    locator = locator_for(case.scene, CountingOracle())
     result = locator.locate(case.scene.image, case.command, depth_m=depth_image(case.scene))
     picked = []
     for target in result.targets:
@@ -88,7 +64,7 @@ def test_at_least_95_percent_of_300_generated_commands_are_answered_right() -> N
 
 def test_relational_answer_names_what_decided_it() -> None:
     case = next(c for c in CASES if c.kind is CommandKind.LEFT_OF)
-    locator = locator_for(case.scene, PhraseCounter())
+    locator = locator_for(case.scene, CountingOracle())
     result = locator.locate(case.scene.image, case.command)
     assert result.found and result.targets[0].found
     assert "left of" in result.explanation and result.explanation == result.targets[0].explanation
@@ -97,7 +73,7 @@ def test_relational_answer_names_what_decided_it() -> None:
 
 def test_several_targets_are_answered_in_order_on_distinct_regions() -> None:
     case = next(c for c in CASES if c.kind is CommandKind.MULTI)
-    locator = locator_for(case.scene, PhraseCounter())
+    locator = locator_for(case.scene, CountingOracle())
     result = locator.locate(case.scene.image, case.command)
     assert len(result.targets) == len(case.answer) >= 2
     assert result.target == result.targets[0].phrase
@@ -108,7 +84,7 @@ def test_several_targets_are_answered_in_order_on_distinct_regions() -> None:
 
 def test_a_new_relational_command_on_a_cached_frame_scores_only_its_phrases() -> None:
     case = next(c for c in CASES if c.kind is CommandKind.BETWEEN)
-    scorer = PhraseCounter()
+    scorer = CountingOracle()
     locator = locator_for(case.scene, scorer)
     locator.locate(case.scene.image, "take the red square", frame_key=1)
     scorer.phrases.clear()
@@ -134,7 +110,7 @@ def result_targets(result) -> List[List[str]]:
 ])
 def test_parts_not_understood_are_named(command: str, expected: str) -> None:
     case = CASES[0]
-    locator = locator_for(case.scene, PhraseCounter())
+    locator = locator_for(case.scene, CountingOracle())
     result = locator.locate(case.scene.image, command)
     if expected:
         assert expected in (result.explanation or result.reason)
@@ -144,7 +120,7 @@ def test_parts_not_understood_are_named(command: str, expected: str) -> None:
 
 def test_plain_command_keeps_todays_answer_shape() -> None:
     case = CASES[0]
-    locator = locator_for(case.scene, PhraseCounter())
+    locator = locator_for(case.scene, CountingOracle())
     result = locator.locate(case.scene.image, "pick up the green circle please")
     assert result.target == "green circle"
     assert len(result.targets) == 1 and result.targets[0].detections == result.detections

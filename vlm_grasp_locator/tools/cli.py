@@ -7,11 +7,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+if TYPE_CHECKING:
+    from vlm_grasp_locator.pipeline.locator import LocatorConfig
 
 
 def _read_image(path: str):
@@ -30,23 +34,10 @@ def _read_image(path: str):
     return image  # grayscale, 8 or 16 bit: the locator converts it
 
 
-def _load_config(args: argparse.Namespace):
-    from vlm_grasp_locator.pipeline.locator import LocatorConfig
+def _load_config(args: argparse.Namespace) -> "LocatorConfig":
+    from vlm_grasp_locator.tools.config_file import locator_config
 
-    values = {}
-    if args.config:
-        import yaml
-
-        with open(args.config, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{args.config}: expected a mapping of config keys")
-    config = LocatorConfig.from_mapping(values)
-    if args.device:
-        config.device = args.device
-    if args.random_weights:
-        config.allow_random_weights = True
-    return config
+    return locator_config(args)
 
 
 def cmd_locate(args: argparse.Namespace) -> int:

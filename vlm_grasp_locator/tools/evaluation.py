@@ -609,26 +609,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _locator_config(args: argparse.Namespace) -> Any:
-    from vlm_grasp_locator.pipeline.locator import LocatorConfig
+    from vlm_grasp_locator.tools.config_file import locator_config
 
-    values: Dict[str, Any] = {}
-    if args.config:
-        import yaml
-
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise EvalInputError(f"{args.config}: not YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise EvalInputError(f"{args.config}: expected a mapping of config keys")
-    config = LocatorConfig.from_mapping(values)
-    if args.device:
-        config.device = args.device
-    if args.random_weights:
-        config.allow_random_weights = True
-    config.validate()
-    return config
+    return locator_config(args)
 
 
 def _samples(args: argparse.Namespace) -> List[EvalSample]:
