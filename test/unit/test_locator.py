@@ -42,7 +42,9 @@ def test_locate_returns_ranked_detections(locator, scene):
     assert locator.config.mode == "exact" and result.prompts == 0
     assert "relevance" not in result.timings_ms
     frame = locator._frame
-    assert frame.exact is not None and not frame.targets and frame.encoded is None
+    assert frame.exact is not None and not frame.targets and frame.windows is None
+    # The grid's image embedding stays with the frame: ``track`` on it reuses it.
+    assert frame.encoded is not None and frame.encoded.original_size == (240, 320)
 
 
 def test_second_command_on_same_frame_reuses_proposals(locator, scene):

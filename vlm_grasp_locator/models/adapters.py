@@ -64,6 +64,14 @@ class SamSegmenter:
             points=(points[:, None, :], labels[:, None]), boxes=None, masks=None
         )
 
+    def embed_prompt(
+        self, points: Optional[torch.Tensor], labels: Optional[torch.Tensor], box: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        # With a box, mobile_sam's prompt encoder adds no padding point: K + 2 tokens.
+        return self.sam.prompt_encoder(
+            points=None if points is None else (points, labels), boxes=box, masks=None
+        )
+
     def dense_pe(self) -> torch.Tensor:
         return self.sam.prompt_encoder.get_dense_pe()
 

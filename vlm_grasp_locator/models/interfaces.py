@@ -75,6 +75,14 @@ class Segmenter(Protocol):
         """Sparse (B, 2, C) and dense (B, C, h, w) embeddings of single foreground points
         (B, 2), in the encoder input's coordinates."""
 
+    def embed_prompt(
+        self, points: Optional[torch.Tensor], labels: Optional[torch.Tensor], box: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sparse (B, K + 2, C) and dense (B, C, h, w) embeddings of B box prompts: boxes
+        (B, 4) x0, y0, x1, y1 (their corners get the box-corner labels 2 and 3) plus K
+        points each (B, K, 2) with labels (B, K) (1 foreground, 0 background), or None;
+        all in the encoder input's coordinates."""
+
     def dense_pe(self) -> torch.Tensor:
         """The positional encoding of the image embedding's grid (1, C, h, w)."""
 

@@ -24,6 +24,11 @@ the text encoder.
 
 ``mode: fast`` (opt-in) lets the target phrase choose where MobileSAM is prompted
 (``text_guided_prompts``) instead of the 256-point grid; see ``Locator._fast_frame``.
+
+**Following an answer.** ``Locator.start_track(result)`` and ``Locator.track(image,
+state)`` follow the object onto the next frames with one box prompt and one crop score
+(``tracking``, where ``Tracker`` runs the whole loop with ids and re-acquisition); the
+image embedding they compute lives in the same per-frame cache as a query's.
 """
 
 from __future__ import annotations
@@ -56,9 +61,22 @@ from vlm_grasp_locator.models.checkpoints import normalise_sha256
 from vlm_grasp_locator.models.interfaces import EncodedImage, LoadedModels
 from vlm_grasp_locator.models.registry import DEFAULT_CLIP_MODEL, available_clip_models
 from vlm_grasp_locator.pipeline.crop_scoring import CROP_MODES, CropScorer, CropSettings
+from vlm_grasp_locator.pipeline.detection import Detection
 from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, ProposalSettings
 from vlm_grasp_locator.pipeline.parts import CallableScorer, FrameScorer, Proposer, RegionScorer
 from vlm_grasp_locator.pipeline.proposals import Proposals
+from vlm_grasp_locator.pipeline.tracking import (
+    PromptFrame,
+    PromptSegmenter,
+    SamBoxSegmenter,
+    TrackResult,
+    TrackSettings,
+    TrackState,
+    follow,
+    prompt_for,
+    select_mask,
+    visible_fraction,
+)
 from vlm_grasp_locator.pipeline.text_guided_prompts import (
     MAX_PROMPTS,
     choose_prompts,
@@ -207,18 +225,6 @@ class LocatorConfig:
 
 
 @dataclass
-class Detection:
-    """One located object. box_xyxy: pixels of the input image, x1/y1 exclusive."""
-
-    label: str
-    score: float  # calibrated, in [0, 1]
-    box_xyxy: Tuple[float, float, float, float]
-    mask: np.ndarray = field(repr=False)  # bool (H, W) at the input image's size
-    mask_area: int
-    similarity: float  # raw cosine similarity of crop and phrase
-
-
-@dataclass
 class TargetAnswer:
     """The answer for one target of a command (a command may name several, in order)."""
 
@@ -332,10 +338,15 @@ class Locator:
         scorer: FrameScorer,
         random_weights: bool = False,
         device: torch.device = torch.device("cpu"),
+        prompt_segmenter: Optional[PromptSegmenter] = None,
     ) -> None:
         self.config = config
         self.proposer = proposer
         self.scorer = scorer
+        # ``track``'s box-prompt segmenter: MobileSAM's when the proposer is the default.
+        if prompt_segmenter is None and isinstance(proposer, MaskProposer):
+            prompt_segmenter = SamBoxSegmenter(proposer.segmenter)
+        self.prompt_segmenter = prompt_segmenter
         self.random_weights = random_weights
         self.device = device
         self._lock = threading.Lock()
@@ -362,11 +373,14 @@ class Locator:
         scorer: Optional[RegionScorer] = None,
         models: Optional[LoadedModels] = None,
         workers: Optional[CpuWorkers] = None,
+        prompt_segmenter: Optional[PromptSegmenter] = None,
     ) -> "Locator":
         """A Locator on plug-in parts (``parts``); the parts not given are MobileSAM and
         TinyCLIP from ``models``. A plug-in scorer is called once per query with the
-        frame's (cached) proposals. Raises ValueError for a bad config, for a missing
-        part without ``models``, and for fast mode on plug-in parts."""
+        frame's (cached) proposals. ``prompt_segmenter``: ``track``'s box-prompt
+        segmenter (``tracking.PromptSegmenter``); by default MobileSAM's from ``models``
+        (none without them: ``track`` then raises). Raises ValueError for a bad config,
+        for a missing part without ``models``, and for fast mode on plug-in parts."""
         config.validate()
         if (proposer is None or scorer is None) and models is None:
             raise ValueError(
@@ -380,9 +394,13 @@ class Locator:
             frame_scorer = CropScorer(models.clip, config.crop_settings(), config.clip_batch_size)
         else:
             frame_scorer = CallableScorer(scorer)
+        if prompt_segmenter is None and models is not None:
+            prompt_segmenter = SamBoxSegmenter(models.segmenter)
         if models is None:
-            return cls(config, proposer, frame_scorer)
-        return cls(config, proposer, frame_scorer, models.random_weights, models.device)
+            return cls(config, proposer, frame_scorer, prompt_segmenter=prompt_segmenter)
+        return cls(
+            config, proposer, frame_scorer, models.random_weights, models.device, prompt_segmenter
+        )
 
     @classmethod
     def from_config(cls, config: LocatorConfig) -> "Locator":
@@ -535,6 +553,92 @@ class Locator:
         ]
         return result(True, "", detections, n, scored.prompts)
 
+    def start_track(
+        self,
+        result: LocateResult,
+        *,
+        track_id: str = "1",
+        stamp_s: Optional[float] = None,
+        settings: Optional[TrackSettings] = None,
+    ) -> TrackState:
+        """A track on ``result``'s best detection (its first target's), for ``track``.
+
+        ``stamp_s``: the time of the frame ``result`` answered (``time.monotonic()`` when
+        None; use the same clock for ``track``). Raises ValueError when nothing was found.
+        ``tracking.Tracker`` does this (and the ids) for a whole stream.
+        """
+        best = result.best
+        if not result.found or best is None:
+            raise ValueError(f"nothing to track: {result.reason or 'nothing found'}")
+        points = (settings or TrackSettings()).prompt_points
+        stamp = time.monotonic() if stamp_s is None else stamp_s
+        return TrackState.from_detection(best, result.target or best.label, track_id, stamp,
+                                         points)
+
+    def track(
+        self,
+        image: np.ndarray,
+        track: TrackState,
+        *,
+        frame_key: Optional[Hashable] = None,
+        stamp_s: Optional[float] = None,
+        settings: Optional[TrackSettings] = None,
+        channel_order: str = "rgb",
+    ) -> TrackResult:
+        """Follow ``track`` onto the frame ``image`` (taken at ``stamp_s``, default now):
+        one box prompt decoded, one crop scored (``tracking``). The result's status is
+        TRACKING with the detection and the advanced ``state``, or LOST with the reason
+        (then run ``locate`` on the same ``frame_key``: the image embedding is shared).
+        Raises ValueError for an unusable image or without a prompt segmenter."""
+        settings = settings if settings is not None else TrackSettings()
+        settings.validate()
+        segment = self.prompt_segmenter
+        if segment is None:
+            raise ValueError(
+                "tracking needs a prompt segmenter: build the Locator with models or pass "
+                "prompt_segmenter= to Locator.from_parts"
+            )
+        started = time.perf_counter()
+        stamp = time.monotonic() if stamp_s is None else float(stamp_s)
+        rgb = to_rgb_uint8(image, channel_order=channel_order)
+        height, width = rgb.shape[:2]
+        if (width, height) != track.image_size:
+            raise ValueError(
+                f"frame of {width}x{height} pixels, the track was started on "
+                f"{track.image_size[0]}x{track.image_size[1]}"
+            )
+        timings: Dict[str, float] = {}
+        predicted = track.predicted_box(stamp)
+        detection: Optional[Detection] = None
+        if visible_fraction(predicted, (width, height)) >= settings.min_visible:
+            key: FrameKey = (
+                ("frame", frame_key) if frame_key is not None else ("pixels", pixels_key(rgb))
+            )
+            with self._lock, self._autocast():
+                last = self._frame
+                frame = last if last is not None and last.key == key else None
+                model_image, scale = fit_long_side(rgb, self.config.max_image_side)
+                prompted = PromptFrame(model_image, frame.encoded if frame is not None else None)
+                t0 = time.perf_counter()
+                candidates = segment(prompted, prompt_for(track, stamp, (width, height), scale))
+                t1 = time.perf_counter()
+                chosen = select_mask(candidates, tuple(v * scale for v in predicted))
+                if chosen is not None:
+                    one = Proposals.from_masks(candidates.masks[chosen:chosen + 1],
+                                               candidates.predicted_iou[chosen:chosen + 1])
+                    similarity, score = self.scorer.score(
+                        self.scorer.embed_regions(model_image, one), track.phrase
+                    )
+                    detection = _detection(one, scale, 0, track.phrase, score[0],
+                                           similarity[0], (height, width))
+                timings["prompt"] = (t1 - t0) * 1e3
+                timings["crops"] = (time.perf_counter() - t1) * 1e3
+                frame = frame if frame is not None else _Frame(key, scale)
+                frame.encoded = prompted.encoded if prompted.encoded is not None else frame.encoded
+                self._frame = frame
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        return follow(track, detection, predicted, stamp, settings, timings)
+
     def _resolve(
         self,
         parsed: ReferringCommand,
@@ -597,7 +701,15 @@ class Locator:
         model_image, scale = fit_long_side(rgb, self.config.max_image_side)
         report(STAGE_PROPOSING, 0.0)
         t0 = time.perf_counter()
-        proposals = self.proposer(model_image)
+        encoded = frame.encoded if frame is not None else None
+        proposer = self.proposer
+        if isinstance(proposer, MaskProposer) and proposer.settings.crop_n_layers == 0:
+            # What ``proposer(image)`` does, with the frame's image embedding shared with
+            # ``track`` (a lost track's re-acquisition runs on the frame it was lost on).
+            encoded = encoded if encoded is not None else proposer.encode(model_image)
+            proposals = proposer.propose(encoded)
+        else:
+            proposals = proposer(model_image)
         report(STAGE_SCORING, 0.7)
         t1 = time.perf_counter()
         features = self.scorer.embed_regions(model_image, proposals)
@@ -606,6 +718,7 @@ class Locator:
         timings["crops"] = (t2 - t1) * 1e3
         frame = frame if frame is not None else _Frame(key, scale)
         frame.exact = _Scored(proposals, features)
+        frame.encoded = encoded if encoded is not None else frame.encoded
         return frame.exact, frame
 
     def _fast_parts(self) -> Tuple[MaskProposer, CropScorer]:
