@@ -206,6 +206,39 @@ def test_locator_onnxruntime_gives_the_torch_answer(export_dir, scene):
         assert max(agreement) >= 0.99 and abs(d.score - twin.score) <= 1e-3
 
 
+def test_box_prompts_run_on_onnxruntime_as_on_torch(torch_models, ort_models, export_dir, scene):
+    """Tracking's box prompt (``tracking.SamBoxSegmenter``): the prompt encoder stays in
+    torch, and a box (2 corner tokens) plus points fits the prompts graph's dynamic
+    points axis, so the exported decoder serves it with torch's answer."""
+    from vlm_grasp_locator.models.adapters import torch_parts
+    from vlm_grasp_locator.pipeline.tracking import (
+        BoxPrompt,
+        PromptFrame,
+        SamBoxSegmenter,
+        TrackSettings,
+    )
+
+    prompt = BoxPrompt((30.0, 20.0, 130.0, 100.0), np.array([[80, 60], [60, 50]], np.float32))
+    outputs = []
+    for segmenter in (torch_parts(torch_models).segmenter, ort_models.segmenter):
+        frame = PromptFrame(scene)
+        outputs.append(SamBoxSegmenter(segmenter)(frame, prompt))
+        assert frame.encodes == 1
+    want, got = outputs
+    assert got.masks.shape == want.masks.shape == (4, *scene.shape[:2])
+    assert_close_to_scale(
+        torch.from_numpy(got.predicted_iou), torch.from_numpy(want.predicted_iou), "IoU"
+    )
+    assert (got.masks == want.masks).mean() >= 0.99
+
+    locator = build_locator(_onnx_config(export_dir), workers=None)
+    located = locator.locate(scene, "take the red block", frame_key=0)
+    state = locator.start_track(located, stamp_s=0.0)
+    lenient = TrackSettings(min_score=0.0, max_area_ratio=1e6, min_iou=0.0)
+    result = locator.track(scene, state, frame_key=1, stamp_s=0.1, settings=lenient)
+    assert result.track_id == "1" and "prompt" in result.timings_ms
+
+
 def box_iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
