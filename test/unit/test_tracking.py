@@ -349,6 +349,9 @@ def test_deep_points_lie_well_inside_the_mask() -> None:
     x, y = points.astype(int).T
     assert (depth[y, x] >= depth.max() / 2).all()
     assert len(deep_points(np.zeros((5, 5), bool), 3)) == 0
+    everything = deep_points(np.ones((40, 60), bool), 3)  # no outside pixel: the edge counts
+    x, y = everything[0]
+    assert min(x, y, 60 - x, 40 - y) >= 19  # as deep as a 40-pixel-high mask allows
 
 
 # ---------------------------------------------------------------- the real MobileSAM path

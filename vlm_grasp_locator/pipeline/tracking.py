@@ -190,7 +190,10 @@ def deep_points(mask: np.ndarray, count: int) -> np.ndarray:
     """
     if count <= 0 or not mask.any():
         return np.zeros((0, 2), np.float32)
-    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    # The image's edge counts as the mask's edge (a mask without any outside pixel would
+    # otherwise have no finite depth).
+    padded = np.pad(mask.astype(np.uint8), 1)
+    depth = cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
     deepest = float(depth.max())
     taken: List[Tuple[float, float]] = []
     remaining = depth.copy()
