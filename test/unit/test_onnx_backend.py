@@ -28,6 +28,8 @@ from vlm_grasp_locator.models.registry import load_models
 from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder
 from vlm_grasp_locator.models.text_encoder import encode_text_until_eot
 from vlm_grasp_locator.pipeline.crop_scoring import PROMPT_TEMPLATES
+from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer, ProposalSettings
+from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers
 from vlm_grasp_locator.pipeline.locator import Backend, LocatorConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,9 +110,10 @@ def test_manifest_records_the_export(export_dir):
 def test_both_backends_are_registered_and_load_the_same_protocols(ort_models):
     assert set(LOADERS) == set(Backend)
     assert isinstance(ort_models, LoadedModels) and isinstance(ort_models.clip, OrtClip)
-    # Capabilities are declared, not probed: ONNX Runtime batches itself, and has no
-    # module for mobile_sam's own generator.
-    assert ort_models.segmenter.decoder.parallel_batches is False
+    # Capabilities are declared, not probed: the decoder's batches run side by side on
+    # the workers (one-thread sessions), as torch's do; no module for mobile_sam's own
+    # generator.
+    assert ort_models.segmenter.decoder.parallel_batches is True
     assert ort_models.segmenter.generator_model is None
     assert ort_models.clip.device == ort_models.device == torch.device("cpu")
 
@@ -149,6 +152,36 @@ def test_decoder_graphs_match_torch(torch_models, ort_models):
             reference.masks_for(want, prompt_idx, mask_idx),
             "mask logits",
         )
+
+
+def test_decoder_batches_side_by_side_use_one_thread_sessions(ort_models, scene):
+    """On ``CpuWorkers`` (one torch thread each) the decoder's graphs run their one-thread
+    sessions, in the caller's thread the main ones; the proposals are the same."""
+    decoder = ort_models.segmenter.decoder
+    graphs = (decoder.prompts_graph, decoder.masks_graph)
+    if torch.get_num_threads() < 2:
+        pytest.skip("one CPU thread: the graphs have no separate one-thread session")
+    assert all(g.single_thread_session is not None for g in graphs)
+    assert decoder.image_side_graph.single_thread_session is None  # once per image
+    settings = ProposalSettings(
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        min_mask_region_area=0,
+        box_nms_thresh=1.0,
+    )
+    workers = CpuWorkers(2)
+    try:
+        seen = workers.map(lambda g: g.session_for_this_thread(), graphs)
+        side_by_side = MaskProposer(ort_models.segmenter, settings, workers)(scene)
+    finally:
+        workers.close()
+    assert seen == [g.single_thread_session for g in graphs]
+    assert all(g.session_for_this_thread() is g.session for g in graphs)
+    inline = MaskProposer(ort_models.segmenter, settings)(scene)
+    assert len(inline) == len(side_by_side) == 48  # 16 prompts x 3 masks, nothing filtered
+    assert (inline.masks != side_by_side.masks).mean() <= 1e-4
+    np.testing.assert_allclose(side_by_side.predicted_iou, inline.predicted_iou, atol=1e-5)
 
 
 def test_clip_towers_match_torch(torch_models, ort_models):
