@@ -49,6 +49,7 @@ def test_grasp_target_fields() -> None:
         "found": "boolean",
         "reason": "string",
         "explanation": "string",
+        "track_id": "string",
         "detection": "vision_msgs/Detection2D",
         "mask": "sensor_msgs/Image",
         "pose_valid": "boolean",

@@ -288,7 +288,9 @@ def test_late_subscriber_gets_the_last_answer(node: RunningNode) -> None:
 def test_continuous_mode_follows_target_until_stop(node: RunningNode, rgb: np.ndarray) -> None:
     client = node.client
     assert client is not None
-    node.set_parameters({"continuous": True})
+    # Random weights score crops at random: no loss limits, so every frame is tracked.
+    node.set_parameters({"continuous": True, "track_min_score": 0.0, "track_min_iou": 0.0,
+                         "track_max_area_ratio": 1000.0})
     try:
         first = node.publish(rgb)
         start = len(client.received["grasp_target"])
@@ -300,13 +302,21 @@ def test_continuous_mode_follows_target_until_stop(node: RunningNode, rgb: np.nd
                 lambda: any(m.command == "take the saucer" and _same_stamp(m.header, header)
                             for m in client.received["grasp_target"][start:]), INFER_TIMEOUT_S)
             assert client.wait_outputs(header, ["detections", "mask"], 30.0)
+            tracked = next(m for m in client.received["grasp_target"][start:]
+                           if _same_stamp(m.header, header))
+            # followed by its box prompt: the same track id on every frame
+            assert tracked.found and tracked.track_id == "1", tracked.reason
+            assert tracked.detection.id == "1"
+            detections = client.outputs_for("detections", header)[-1].detections
+            assert detections[0].id == "1"
         stop = node.ask("stop", 30.0)
         assert stop.found is False
         after = node.publish(rgb)
         client.spin_until(lambda: False, 5.0)  # long enough for a (wrong) tracking inference
         assert not [m for m in client.received["grasp_target"] if _same_stamp(m.header, after)]
     finally:
-        node.set_parameters({"continuous": False})
+        node.set_parameters({"continuous": False, "track_min_score": 0.2,
+                             "track_min_iou": 0.3, "track_max_area_ratio": 2.0})
 
 
 def test_sigint_mid_inference_exits_cleanly(node: RunningNode, rgb: np.ndarray) -> None:
@@ -486,7 +496,9 @@ def test_continuous_mode_skips_frames_while_busy(scripted: Any) -> None:
 
     from rclpy.parameter import Parameter
 
-    scripted.node.set_parameters([Parameter("continuous", value=True)])
+    # the full query on every frame (the scripted core cannot follow by box prompts)
+    scripted.node.set_parameters([Parameter("continuous", value=True),
+                                  Parameter("tracking", value=False)])
     _ask(client, "take the cup")
     fake.gate.clear()
     client.publish_image(rgb, stamp=(11, 0))  # tracking starts on this one and blocks

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from node_harness import ScriptedLocator
+# The scripted core builds real LocateResults: import them (and torch) here, not inside
+# the first inference, which the tests time out on under load.
+from vlm_grasp_locator.pipeline import locator as _result_types  # noqa: F401
 from vlm_grasp_locator.service.jobs import Frame, Job, JobKind, Outcome, Stage
 from vlm_grasp_locator.service.locator_service import (
     LocatorService,
@@ -270,8 +273,9 @@ def test_cancel_while_waiting_for_a_frame_ends_promptly() -> None:
 
 def test_continuous_mode_follows_the_newest_frame_until_stop(rig: Rig) -> None:
     rig.frame()
+    # tracking off: a full query on every frame (the scripted core has no box prompts)
     rig.service.update_settings(ServiceSettings(continuous=True, max_image_age=0.0,
-                                                command_wait_timeout=1.0))
+                                                command_wait_timeout=1.0, tracking=False))
     assert rig.job("take the cup").wait() is Outcome.SUCCEEDED
     rig.fake.gate.clear()
     rig.frame()  # following starts on frame 2 and blocks

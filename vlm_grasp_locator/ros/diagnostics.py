@@ -63,6 +63,10 @@ def key_values(health: NodeHealth, stats: NodeStats) -> List[Tuple[str, str]]:
             ("frames replaced unused", str(stats.frames_replaced_unused)),
             ("commands answered", str(stats.commands_answered)),
             ("goals rejected", str(stats.goals_rejected)),
+            ("tracking state", stats.tracking_state),
+            ("track id", stats.track_id),
+            ("frames tracked", str(stats.frames_tracked)),
+            ("re-acquisitions", str(stats.reacquisitions)),
             ("queue length", str(health.queue_length)),
             ("last error", stats.last_error or "none"),
         ]

@@ -109,7 +109,12 @@ def default_locator(config: "LocatorConfig") -> LocatorLike:
 def _service_settings(settings: node_params.NodeSettings) -> ServiceSettings:
     return ServiceSettings(continuous=settings.continuous,
                            max_image_age=settings.max_image_age,
-                           command_wait_timeout=settings.command_wait_timeout)
+                           command_wait_timeout=settings.command_wait_timeout,
+                           tracking=settings.tracking,
+                           track_min_score=settings.track_min_score,
+                           track_max_area_ratio=settings.track_max_area_ratio,
+                           track_min_iou=settings.track_min_iou,
+                           track_reacquire_window=settings.track_reacquire_window)
 
 
 class GraspLocatorNode(LifecycleNode):

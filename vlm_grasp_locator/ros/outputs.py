@@ -119,6 +119,8 @@ class AnswerOutputs:
             except Exception as e:  # noqa: BLE001 - an overlay is optional
                 self._on_error(f"overlay failed: {type(e).__name__}: {e}")
         answer = result_messages(self._types, header, result, reply.text, overlay_rgb=overlay)
+        if reply.track is not None and reply.track.track_id:
+            _mark_track(answer, reply.track.track_id)
         depth = self.depth
         if depth is not None:
             if reply.job is not None:
@@ -159,3 +161,13 @@ class AnswerOutputs:
             if msg is not None and publisher is not None:
                 publisher.publish(msg)
         pubs.grasp_target.publish(rendered.grasp_target)
+
+
+def _mark_track(answer: Answer, track_id: str) -> None:
+    """The tracked object's id on its GraspTarget and detections (Detection2D.id)."""
+    target = answer.grasp_target
+    target.track_id = track_id
+    if target.found:
+        target.detection.id = track_id
+        if answer.detections.detections:
+            answer.detections.detections[0].id = track_id

@@ -155,9 +155,34 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec("num_threads", 0,
               "CPU threads for inference (torch.set_num_threads); 0 = the library default.",
               ">= 0", _at_least(0)),
+    ParamSpec("precision", "fp32",
+              "CPU arithmetic of MobileSAM and TinyCLIP's image tower: fp32, or bf16 (torch "
+              "autocast) on a CPU that multiplies bf16 natively (AMX-BF16, AVX512-BF16); "
+              "refused at start-up elsewhere, where it would be emulated 5-25x slower. "
+              "Backend torch only; a GPU runs fp16 either way.",
+              "fp32 | bf16", _one_of("fp32", "bf16")),
     ParamSpec("continuous", False,
               "After a command, keep locating its target on every new frame (skipping frames "
               "while busy) until an empty or stop command.", locator=False, dynamic=True),
+    ParamSpec("tracking", True,
+              "Continuous mode: after the first answer follow the object by one MobileSAM "
+              "box prompt and one crop score a frame, with a stable track id; false runs the "
+              "full query on every frame.", locator=False, dynamic=True),
+    ParamSpec("track_min_score", 0.2,
+              "Tracking: the tracked crop's calibrated score below which the track is lost "
+              "(and a full query re-acquires it).", "0.0 .. 1.0", _between(0.0, 1.0),
+              locator=False, dynamic=True),
+    ParamSpec("track_max_area_ratio", 2.0,
+              "Tracking: the mask's area may grow or shrink by at most this factor from one "
+              "frame to the next, else the track is lost.", ">= 1.0", _at_least(1.0),
+              locator=False, dynamic=True),
+    ParamSpec("track_min_iou", 0.3,
+              "Tracking: least IoU of the mask's box with the motion-predicted box, else the "
+              "track is lost.", "0.0 .. 1.0", _between(0.0, 1.0), locator=False, dynamic=True),
+    ParamSpec("track_reacquire_window", 2.0,
+              "Tracking: seconds within which a lost object found again near where it was "
+              "heading keeps its track id; later it gets a new id.", ">= 0.0", _at_least(0.0),
+              locator=False, dynamic=True),
     ParamSpec("max_image_age", 2.0,
               "Seconds: answer a command only on a frame received at most this long ago "
               "(node receive time, not the header stamp); 0 disables the check.", ">= 0.0",
@@ -194,6 +219,11 @@ class NodeSettings:
     """The node-side (non-model) settings."""
 
     continuous: bool = False
+    tracking: bool = True
+    track_min_score: float = 0.2
+    track_max_area_ratio: float = 2.0
+    track_min_iou: float = 0.3
+    track_reacquire_window: float = 2.0
     max_image_age: float = 2.0
     publish_overlay: bool = True
     image_qos: str = "sensor_data"

@@ -165,6 +165,10 @@ class NodeStats:
     frames_replaced_unused: int = 0
     commands_answered: int = 0
     goals_rejected: int = 0
+    tracking_state: str = "idle"  # continuous mode: idle, tracking or lost
+    track_id: str = ""
+    frames_tracked: int = 0  # frames followed by a box prompt (all tracks)
+    reacquisitions: int = 0  # lost tracks found again with their id (all tracks)
     last_timings_ms: Dict[str, float] = field(default_factory=dict)
     last_error: str = ""
     last_error_time: Optional[float] = None  # time.monotonic()

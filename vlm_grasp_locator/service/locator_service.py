@@ -44,8 +44,11 @@ from vlm_grasp_locator.service.jobs import (
 
 if TYPE_CHECKING:  # the pipeline imports torch: only its types are needed here
     from vlm_grasp_locator.pipeline.locator import LocateResult
+    from vlm_grasp_locator.pipeline.tracking import Tracker, TrackResult
 
 QUEUE_SIZE = 8  # queued topic commands and action goals together
+# pipeline.tracking.TrackEvent values (that module imports torch; the service need not)
+TRACKED, REACQUIRED = "tracked", "reacquired"
 THROTTLE_S = 5.0  # repeated warnings of one kind are logged at most this often
 
 
@@ -91,6 +94,13 @@ class ServiceSettings:
     continuous: bool = False
     max_image_age: float = 2.0  # seconds; 0 disables the check
     command_wait_timeout: float = 2.0  # seconds
+    # Continuous mode follows the object by one box prompt a frame (``pipeline.tracking``;
+    # its TrackSettings fields): on/off, the crop score and jump limits, re-acquisition.
+    tracking: bool = True
+    track_min_score: float = 0.2
+    track_max_area_ratio: float = 2.0
+    track_min_iou: float = 0.3
+    track_reacquire_window: float = 2.0
 
 
 class ServiceState(enum.Enum):
@@ -117,6 +127,16 @@ class Reply:
     result: Optional["LocateResult"] = None
     reason: str = ""
     random_weights: bool = False
+    track: Optional["TrackInfo"] = None  # continuous mode: the followed object's track
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """The track a continuous-mode answer belongs to (``pipeline.tracking``)."""
+
+    track_id: str  # stable while the same object is followed; "" when there is none
+    status: str  # tracking, lost or idle
+    event: str  # started, tracked, reacquired, lost, searching, expired, not found
 
 
 class Outputs(Protocol):
@@ -183,6 +203,7 @@ class LocatorService:
         self._seq = 0
         self._jobs: Deque[Job] = collections.deque()
         self._track: Optional[str] = None  # continuous mode: the command followed
+        self._tracker: Optional["Tracker"] = None  # ... and the object it found
         self._track_seq = 0  # the last frame located for it
         self._last_query: Optional[_LastQuery] = None
         self._trim_due = False  # an inference ran: give freed memory back when idle
@@ -278,14 +299,14 @@ class LocatorService:
         with self._cond:
             self._settings = settings
             if not settings.continuous:
-                self._track = None
+                self._track = self._tracker = None
             self._cond.notify_all()
 
     def _take_queue(self) -> list:
         """Empty the queue and stop following (under the lock)."""
         pending = list(self._jobs)
         self._jobs.clear()
-        self._track = None
+        self._track = self._tracker = None
         self._cond.notify_all()
         return pending
 
@@ -374,6 +395,7 @@ class LocatorService:
                 job = self._jobs.popleft() if self._jobs else None
                 frame: Optional[Frame] = None
                 track: Optional[str] = None
+                tracker = self._tracker
                 if job is None:
                     frame, track = self._frame, self._track
                     assert frame is not None and track is not None
@@ -383,7 +405,10 @@ class LocatorService:
                 continue
             assert frame is not None and track is not None
             try:
-                self._locate(frame, track, None, None)
+                if tracker is not None:
+                    self._follow(frame, tracker)
+                else:
+                    self._locate(frame, track, None, None)
             except JobCanceled:
                 pass  # deactivated or stopping: following ends quietly
             except Exception as e:  # noqa: BLE001 - one bad frame must not stop the worker
@@ -424,7 +449,7 @@ class LocatorService:
         job.report(Stage.WAITING, 0.0)
         if not job.is_goal and (not text.strip() or is_stop_command(text)):
             with self._cond:
-                track, self._track = self._track, None
+                track, self._track, self._tracker = self._track, None, None
             if track is not None:
                 self._log.info(f"stopped following {short(track)}")
         parsed = parse_referring(text)
@@ -441,11 +466,12 @@ class LocatorService:
             self._warn(Notice.NO_FRAME, f"command {short(text)}: {why}")
             self._reply(Reply(text, job, self._frame, target, reason=why))
             return
-        self._locate(frame, parsed, target, job)
+        result = self._locate(frame, parsed, target, job)
         with self._cond:
             if self._settings.continuous and not job.is_goal:
                 self._track = text
                 self._track_seq = frame.seq
+                self._tracker = self._start_tracker(text, result, frame)
 
     def _wait_for_frame(self, job: Job) -> Tuple[Optional[Frame], str]:
         """The newest frame within max_image_age, waiting up to command_wait_timeout.
@@ -477,12 +503,12 @@ class LocatorService:
                       f"(max_image_age={max_age:g} s) and no newer one arrived within {wait}")
 
     def _locate(self, frame: Frame, command: Union[str, ReferringCommand],
-                target: Optional[str], job: Optional[Job]) -> None:
+                target: Optional[str], job: Optional[Job]) -> Optional["LocateResult"]:
         """Run the core on ``frame`` and publish the answer (not-found if the core raises).
 
         ``command``: the text, or what ``parse_referring`` made of it (not parsed again).
         ``job``: answer that job (with feedback and cancel between stages); None for a
-        continuous-mode frame.
+        continuous-mode frame. Returns the core's result (None when it failed).
         """
         text = command if isinstance(command, str) else command.command
 
@@ -509,7 +535,7 @@ class LocatorService:
             self._error(f"command {short(text)}: {reason}")
             self._reply(Reply(text, job, frame, target, reason=reason,
                               random_weights=locator.random_weights))
-            return
+            return None
         with self._cond:
             self._last_query = _LastQuery(frame, time.monotonic())
         self._check(job)
@@ -529,6 +555,71 @@ class LocatorService:
             self._log.info(line)
         else:
             self._log.debug(line)
+        return result
+
+    # ------------------------------------------------------------------ tracking
+    def _start_tracker(self, text: str, result: Optional["LocateResult"],
+                       frame: Frame) -> Optional["Tracker"]:
+        """Continuous mode with tracking: follow what ``result`` found on ``frame``."""
+        settings = self._settings
+        if not settings.tracking or result is None:
+            return None
+        from vlm_grasp_locator.pipeline.tracking import Tracker, TrackSettings
+
+        tracker = Tracker(self._locator, text, TrackSettings(
+            min_score=settings.track_min_score,
+            max_area_ratio=settings.track_max_area_ratio,
+            min_iou=settings.track_min_iou,
+            reacquire_window_s=settings.track_reacquire_window))
+        self._note_track(tracker.start(result, stamp_s=frame.received))
+        return tracker
+
+    def _follow(self, frame: Frame, tracker: "Tracker") -> None:
+        """One continuous-mode frame with a tracker: a box prompt and a crop score, or a
+        full query when the track is lost; answered like any other frame."""
+        from vlm_grasp_locator.pipeline.locator import LocateResult
+
+        locator = self._locator
+        assert locator is not None
+        frame.used = True
+        self._trim_due = True
+        try:
+            rgb = frame.rgb
+            step = tracker.step(rgb, stamp_s=frame.received, frame_key=frame.seq)
+        except Exception as e:  # noqa: BLE001 - answered not-found; following goes on
+            reason = f"inference failed: {type(e).__name__}: {e}"
+            self._error(f"following {short(tracker.command)}: {reason}")
+            self._reply(Reply(tracker.command, None, frame, reason=reason,
+                              random_weights=locator.random_weights))
+            return
+        with self._cond:
+            self._last_query = _LastQuery(frame, time.monotonic())
+        self._note_track(step)
+        self.stats.set_timings(step.timings_ms)
+        height, width = rgb.shape[:2]
+        located = step.located
+        target = located.target if located is not None else (
+            step.state.phrase if step.state is not None else None)
+        found = step.detection is not None
+        result = LocateResult(
+            tracker.command, target, found, "" if found else step.reason, (width, height),
+            [step.detection] if found else [], dict(step.timings_ms),
+            explanation=step.reason if found else "")
+        info = TrackInfo(step.track_id or "", step.status.value, step.event.value)
+        self._reply(Reply(tracker.command, None, frame, target, result,
+                          random_weights=locator.random_weights, track=info))
+        self._log.debug(f"{target!r}: track {info.track_id or '-'} {info.event}"
+                        f"{': ' + step.reason if step.reason else ''}")
+
+    def _note_track(self, step: "TrackResult") -> None:
+        stats = self.stats
+        with stats.lock:
+            stats.tracking_state = step.status.value
+            stats.track_id = step.track_id or ""
+            if step.event.value == TRACKED:
+                stats.frames_tracked += 1
+            elif step.event.value == REACQUIRED:
+                stats.reacquisitions += 1
 
     # ------------------------------------------------------------------ output
     def _publish(self, rendered: object) -> None:
