@@ -12,7 +12,9 @@ from enum import Enum
 from typing import Callable, Dict, Optional, Union
 
 from vlm_grasp_locator.models.interfaces import LoadedModels
+from vlm_grasp_locator.models.registry import resolve_device
 from vlm_grasp_locator.pipeline.locator import Backend, Locator, LocatorConfig
+from vlm_grasp_locator.runtime.cpu_features import check_precision
 from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers
 from vlm_grasp_locator.runtime.process import configured_workers
 
@@ -51,10 +53,13 @@ LOADERS: Dict[Backend, Loader] = {
 def load(config: LocatorConfig) -> LoadedModels:
     """Validate ``config`` and load the models of ``config.backend``.
 
-    Raises ``ValueError`` for a bad config and ``CheckpointError`` (``OnnxExportError``
-    for the ONNX export) when the weights cannot be loaded.
+    Raises ``ValueError`` for a bad config (``PrecisionError`` for bf16 on a CPU without
+    native bf16) and ``CheckpointError`` (``OnnxExportError`` for the ONNX export) when the
+    weights cannot be loaded.
     """
     config.validate()
+    # Before the models load: bf16 on a CPU that would emulate it is refused.
+    check_precision(config.precision, resolve_device(config.device))
     return LOADERS[Backend(config.backend)](config)
 
 

@@ -179,11 +179,14 @@ class CropScorer:
         The calibrated score is the softmax probability (at CLIP's own temperature) of
         the target phrase against ``NEGATIVE_PHRASES``: in [0, 1], comparable across
         images and phrases, and low when a crop is no more the target than the table.
+        In fp32 on the CPU whatever the caller's autocast (``precision: bf16``): the text
+        tower is cheap, and rounding similarities to bf16 would tie close crops.
         """
         negatives = [p for p in NEGATIVE_PHRASES if p != target]
-        text = self.text.embed([target, *negatives]).to(crop_embeddings.device)
-        similarity = crop_embeddings @ text.T  # (N, 1 + negatives)
-        probability = torch.softmax(self.logit_scale * similarity, dim=-1)[:, 0]
+        with torch.autocast(device_type="cpu", enabled=False):
+            text = self.text.embed([target, *negatives]).to(crop_embeddings.device)
+            similarity = crop_embeddings.float() @ text.T  # (N, 1 + negatives)
+            probability = torch.softmax(self.logit_scale * similarity, dim=-1)[:, 0]
         return similarity[:, 0].cpu().numpy(), probability.cpu().numpy()
 
     def __call__(

@@ -84,6 +84,7 @@ from vlm_grasp_locator.pipeline.text_guided_prompts import (
     prompt_rank_of,
     relevance_windows,
 )
+from vlm_grasp_locator.runtime.cpu_features import PRECISIONS, Precision, check_precision
 from vlm_grasp_locator.runtime.cpu_threads import CpuWorkers
 
 LOG = logging.getLogger(__name__)
@@ -156,6 +157,10 @@ class LocatorConfig:
     max_image_side: int = 2048  # larger images are downscaled for the models
     seed: int = 0  # for random weights only
     fast_prompts: int = 12  # fast mode: point prompts MobileSAM decodes, 1..32
+    # fp32 | bf16: MobileSAM and TinyCLIP's image tower under bf16 autocast on a CPU that
+    # multiplies bf16 natively (AMX, AVX512-BF16), refused on others (runtime.cpu_features);
+    # torch backend only. CUDA runs fp16 autocast either way.
+    precision: str = Precision.FP32.value
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "LocatorConfig":
@@ -202,6 +207,13 @@ class LocatorConfig:
             )
         if self.max_image_side < 64:
             raise ValueError(f"max_image_side must be >= 64, got {self.max_image_side}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision != Precision.FP32 and self.backend != Backend.TORCH:
+            raise ValueError(
+                f"precision {self.precision!r} is torch's autocast: backend {self.backend!r} "
+                "runs the exported fp32 graphs; use precision 'fp32' or backend 'torch'"
+            )
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         for name in ("mobile_sam_checkpoint_sha256", "clip_checkpoint_sha256"):
@@ -349,6 +361,7 @@ class Locator:
         self.prompt_segmenter = prompt_segmenter
         self.random_weights = random_weights
         self.device = device
+        check_precision(config.precision, device)  # bf16: refused where it would be emulated
         self._lock = threading.Lock()
         self._frame: Optional[_Frame] = None
         if config.mode == Mode.FAST:
@@ -789,10 +802,17 @@ class Locator:
         return entry, frame
 
     def _autocast(self) -> AbstractContextManager:
-        """fp16 matrix work on CUDA; nothing changes on the CPU."""
+        """fp16 matrix work on CUDA; bf16 on the CPU with ``precision: bf16``, else fp32.
+
+        The CPU's bf16 covers the models' matrix products (autocast's list: linear,
+        convolutions, matmul/bmm) in this thread and in the decoder's ``CpuWorkers``
+        (which carry the caller's autocast over); ``CropScorer.score`` (the text tower
+        and the similarities) turns it off again.
+        """
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return torch.autocast(device_type="cpu", enabled=False)
+        bf16 = self.config.precision == Precision.BF16
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def _referring(command: Union[str, ReferringCommand, ParsedCommand]) -> ReferringCommand:

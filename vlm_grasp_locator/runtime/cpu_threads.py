@@ -79,7 +79,8 @@ class CpuWorkers:
         A single item, or a caller held to one torch thread (``torch_threads(1)``, e.g. to
         count FLOPs with a thread-local mode), runs in the caller's thread with its settings
         unchanged. ``fn`` runs
-        under ``torch.inference_mode`` (it is per thread). The first exception raised by
+        under ``torch.inference_mode`` and the caller's CPU autocast (both are per thread:
+        so ``precision: bf16`` reaches the workers). The first exception raised by
         ``fn`` is raised here; calls not started by then are dropped and the running ones
         finish first. One call at a time (others wait).
         """
@@ -87,8 +88,11 @@ class CpuWorkers:
         if len(items) <= 1 or torch.get_num_threads() <= 1:
             return [fn(x) for x in items]
 
+        autocast_on = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
+
         def call(x: T) -> R:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=autocast_on):
                 return fn(x)
 
         with self._lock, torch_threads(1):

@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=["auto", "cpu", "cuda"], help="override the config's device"
     )
     locate.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="override the config's precision (bf16: CPUs with AMX or AVX512-BF16 only)",
+    )
+    locate.add_argument(
         "--random-weights",
         action="store_true",
         help="where a checkpoint is missing, run with random weights (meaningless results)",

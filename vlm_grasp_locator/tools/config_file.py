@@ -1,4 +1,5 @@
-"""The ``--config FILE`` / ``--device`` / ``--random-weights`` options the tools share."""
+"""The ``--config FILE`` / ``--device`` / ``--random-weights`` (/ ``--precision``) options
+the tools share."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,8 @@ def locator_config(args: argparse.Namespace) -> "LocatorConfig":
     config = LocatorConfig.from_mapping(values)
     if args.device:
         config.device = args.device
+    if getattr(args, "precision", None):
+        config.precision = args.precision
     if args.random_weights:
         config.allow_random_weights = True
     config.validate()
