@@ -187,7 +187,7 @@ def test_out_of_memory_in_one_inference_is_answered_and_the_node_keeps_serving(
     from vlm_grasp_locator.pipeline.crop_scoring import CropScorer
     from vlm_grasp_locator.pipeline.mask_proposals import MaskProposer
 
-    cls, method = {"proposals": (MaskProposer, "__call__"),
+    cls, method = {"proposals": (MaskProposer, "propose"),  # the decoder, after the encoder
                    "crop_embeddings": (CropScorer, "embed_crops")}[stage]
     client = live.client
     import cv2
