@@ -286,6 +286,42 @@ def test_tracking_off_runs_the_full_query_every_frame_and_keeps_the_id() -> None
     assert parts.proposer.calls == 5 and not parts.segmenter.prompts
 
 
+def test_a_new_frame_size_starts_over() -> None:
+    parts = Parts()
+    tracker = Tracker(parts.locator(), COMMAND)
+    run(tracker, moving((50.0, 60.0), (6.0, 3.0), 3))
+    image, _ = frame(moving((70.0, 60.0), (0.0, 0.0), 1)[0], seed=5)
+    bigger = cv2.resize(image, (480, 360), interpolation=cv2.INTER_NEAREST)
+    result = tracker.step(bigger, stamp_s=0.3, frame_key=5)
+    assert result.event == TrackEvent.STARTED and result.track_id == "2"
+    assert result.detection.mask.shape == (360, 480)
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_a_cancelled_full_query_leaves_the_track_lost() -> None:
+    parts = Parts()
+    tracker = Tracker(parts.locator(), COMMAND)
+    targets = swapped(12, range(3, 12))
+    stages: List[str] = []
+    run(tracker, targets[:3])
+
+    def cancel(stage: str, progress: float) -> None:
+        stages.append(stage)
+        raise Cancelled(stage)  # what a cancelled goal's callback does
+
+    image, _ = frame(targets[3], seed=3)
+    with pytest.raises(Cancelled):
+        tracker.step(image, stamp_s=0.3, frame_key=3, on_stage=cancel)
+    assert stages == ["proposing"]
+    assert tracker.state == TrackStatus.LOST and tracker.track_id == "1"
+    image, _ = frame(targets[0].with_(centre=(55.0, 62.0)), seed=4)  # red again, near
+    result = tracker.step(image, stamp_s=0.4, frame_key=4)
+    assert result.event == TrackEvent.REACQUIRED and result.track_id == "1"
+
+
 def test_nothing_found_stays_idle() -> None:
     parts = Parts()
     tracker = Tracker(parts.locator(), COMMAND)

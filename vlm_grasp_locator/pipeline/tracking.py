@@ -575,6 +575,7 @@ class TrackingLocator(Protocol):
         command: str,
         *,
         channel_order: str = "rgb",
+        on_stage: Optional[Callable[[str, float], None]] = None,
         frame_key: Optional[Hashable] = None,
     ) -> LocateAnswer: ...
 
@@ -654,12 +655,19 @@ class Tracker:
         stamp_s: Optional[float] = None,
         frame_key: Optional[Hashable] = None,
         channel_order: str = "rgb",
+        on_stage: Optional[Callable[[str, float], None]] = None,
     ) -> TrackResult:
         """The next frame: tracked when there is a track, else (or when tracking is off,
-        or the track is lost on this frame) a full query on it."""
+        or the track is lost on this frame) a full query on it. ``on_stage``: passed to
+        that query (``locator.StageCallback``: it may raise to cancel it)."""
         stamp = self.clock() if stamp_s is None else float(stamp_s)
         lost_now = ""
         timings: Dict[str, float] = {}
+        size = (int(image.shape[1]), int(image.shape[0])) if image.ndim >= 2 else (0, 0)
+        for track in (self.track, self._lost.state if self._lost else None):
+            if track is not None and track.image_size != size:
+                # Another camera mode: no box carries over; the full query starts anew.
+                self.reset()
         if self.track is not None and self._lost is None and self.settings.enabled:
             tracked = self.locator.track(
                 image,
@@ -680,7 +688,8 @@ class Tracker:
         else:
             rejected = None
         located = self.locator.locate(
-            image, self.command, channel_order=channel_order, frame_key=frame_key
+            image, self.command, channel_order=channel_order, on_stage=on_stage,
+            frame_key=frame_key,
         )
         result = self._adopt(located, stamp, timings, lost_now)
         result.rejected = rejected
