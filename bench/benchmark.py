@@ -14,6 +14,8 @@ fast:      ``Locator.locate`` with ``mode: fast`` (text-chosen prompts), same mo
            from the reference's: the best-box IoU is printed for information only.
 onnx:      optional (``--backend-onnx DIR``): ``Locator.locate`` on the ONNX Runtime
            backend, exact and fast mode; skipped with the reason when it cannot load.
+tracked:   ``Locator.track`` on a new frame (encoder + one box prompt + one crop): what
+           following an answer costs per frame (torch, and ONNX Runtime with its rows).
 
 Random weights do not behave like MobileSAM: their predicted IoU is ~0 (nothing would
 pass the founding 0.8 threshold and the costly upscaling would be skipped for free) and
@@ -48,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 # the package, and test/ for the founding composition (reference_pipeline.py)
-for path in (ROOT, ROOT / "test"):
+for path in (ROOT, ROOT / "test", ROOT / "bench"):  # bench/: machine.py
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -77,6 +79,8 @@ from vlm_grasp_locator.pipeline.mask_proposals import (  # noqa: E402
 from reference_pipeline import reference_crop_embeddings, reference_proposals  # noqa: E402
 from vlm_grasp_locator.models.sam_decoder import FastMaskDecoder  # noqa: E402
 from vlm_grasp_locator.models.text_encoder import encode_text_until_eot  # noqa: E402
+from vlm_grasp_locator.runtime.cpu_features import EMULATED_BF16_ENV  # noqa: E402
+from machine import Machine, describe, label, machine_json, probe  # noqa: E402
 
 IMAGE = ROOT / "vlm_grasp_locator" / "data" / "coffee.png"
 FOUNDING_IOU_THRESH = 0.8
@@ -875,7 +879,187 @@ def onnx_proposer(locator: Locator, settings: ProposalSettings, shift: float) ->
     shifted = SamSegmenter(
         segmenter.sam, IouShiftedDecoder(segmenter.decoder, shift), generator_model=None
     )
-    return MaskProposer(shifted, settings)
+    # Its batches side by side on the process's workers, as the node runs them.
+    return MaskProposer(shifted, settings, locator.proposer.workers)
+
+
+# ---------------------------------------------------------------- tracked frame
+
+
+def bench_tracked(locator: Locator, work: Workload, runs: int) -> dict:
+    """One tracked frame: ``Locator.track`` on a new frame of ``work.image``.
+
+    What a followed object costs per camera frame: MobileSAM's image encoder (each run
+    is a new ``frame_key``, so the embedding is computed again, as on a stream), one box
+    prompt decoded and one crop scored. The track starts from ``locate`` on the image.
+    Lenient thresholds: random weights' masks would lose the track, and the judgement
+    costs nothing measurable. The encoder's share is timed by hooks on the module that
+    runs it (the TinyViT, or the ONNX Runtime session's wrapper).
+    """
+    from vlm_grasp_locator.pipeline.tracking import TrackSettings
+
+    segmenter = locator.prompt_segmenter.segmenter  # the Locator's SamBoxSegmenter
+    clock = EncoderClock(segmenter.sam.image_encoder)
+    located = locator.locate(work.image, f"pick the {ANSWER_PHRASE}", frame_key=("tracked", 0))
+    if not located.found:
+        return {"skipped": located.reason}
+    lenient = TrackSettings(min_score=0.0, max_area_ratio=1e9, min_iou=0.0, min_visible=0.0)
+    state = locator.start_track(located, stamp_s=0.0)
+    totals, encoder, cpu, crops = [], [], [], []
+    stages: Dict[str, List[float]] = {"prompt": [], "crops": []}
+    for run in range(runs + 1):  # the first is a warm-up
+        before_encoder, before_cpu = clock.ms, cpu_seconds()
+        started = time.perf_counter()
+        result = locator.track(
+            work.image, state, frame_key=("tracked", run + 1), stamp_s=0.1 * (run + 1),
+            settings=lenient,
+        )
+        if run == 0:
+            continue
+        totals.append((time.perf_counter() - started) * 1e3)
+        encoder.append(clock.ms - before_encoder)
+        cpu.append((cpu_seconds() - before_cpu) * 1e3)
+        crops.append(int((result.detection or result.rejected) is not None))
+        for key in stages:
+            stages[key].append(result.timings_ms.get(key, 0.0))
+    ms = median(totals)
+    return {
+        "ms": ms,
+        "fps": 1e3 / ms,
+        "encoder_ms": median(encoder),
+        "encoder_share": median(encoder) / ms,
+        "cpu_ms": median(cpu),
+        "prompt_ms": median(stages["prompt"]),  # encoder + decoding the one prompt
+        "crops_ms": median(stages["crops"]),  # choosing the mask + its crop score
+        "crops_scored": min(crops),
+        "prompts_decoded": 1,
+    }
+
+
+def bench_tracked_rows(locator: Locator, others: Dict[str, Locator], work: Workload,
+                       runs: int) -> Dict[str, dict]:
+    """The tracked-frame row for torch, and for ONNX Runtime when its rows are on."""
+    rows = {"tracked": bench_tracked(locator, work, runs)}
+    if "onnx" in others:
+        rows["onnx_tracked"] = bench_tracked(others["onnx"], work, runs)
+    return rows
+
+
+def print_tracked(rows: Dict[str, dict], reference_ms: Dict[str, float]) -> None:
+    for name, row in rows.items():
+        if "skipped" in row:
+            print(f"{name}: skipped ({row['skipped']})")
+            continue
+        print(
+            f"{name}: Locator.track() one frame {row['ms']:.0f} ms = {row['fps']:.1f} frames/s "
+            f"(encoder {row['encoder_ms']:.0f} ms = {row['encoder_share']:.0%}; encoder + "
+            f"{row['prompts_decoded']} box prompt {row['prompt_ms']:.0f}, mask choice + "
+            f"{row['crops_scored']} crop {row['crops_ms']:.0f}); process CPU time "
+            f"{row['cpu_ms']:.0f} ms; reference full query/{name} = "
+            f"{reference_ms['total'] / row['ms']:.1f}x (process CPU time "
+            f"{reference_ms['cpu'] / row['cpu_ms']:.1f}x)"
+        )
+
+
+def tracked_json(rows: Dict[str, dict], reference_ms: Dict[str, float]) -> dict:
+    """``tracked_ms``, ``tracked_fps``, ``speedup_tracked``, ... (and ``onnx_tracked_*``)."""
+    out: dict = {}
+    for name, row in rows.items():
+        if "skipped" in row:
+            out[f"{name}_skipped"] = row["skipped"]
+            continue
+        out.update({f"{name}_{key}": value for key, value in row.items()})
+        out[f"speedup_{name}"] = reference_ms["total"] / row["ms"]
+        out[f"speedup_{name}_cpu_time"] = reference_ms["cpu"] / row["cpu_ms"]
+    return out
+
+
+# ---------------------------------------------------------------- precision (--precision bf16)
+
+
+def precision_locator(locator: Locator, machine: Machine) -> Locator:
+    """``precision: bf16`` on the package Locator's models (exact mode). Where the CPU has
+    no native bf16 it is emulated (``runtime.cpu_features``): allowed here, for the
+    agreement figures; its timing then says nothing about a CPU that has it."""
+    if not machine.native_bf16:
+        os.environ[EMULATED_BF16_ENV] = "1"
+        print(
+            "precision bf16: this CPU has no native bf16, torch emulates it: the bf16 "
+            "timings are not bf16's speed, the agreement figures are bf16's"
+        )
+    return Locator(
+        replace(locator.config, precision="bf16"),
+        locator.proposer,
+        locator.scorer,
+        locator.random_weights,
+        locator.device,
+    )
+
+
+def bench_precision(locator: Locator, bf16: Locator, work: Workload, runs: int, phrases) -> dict:
+    """``locate()`` in fp32 and bf16 on the fixed workload, alternating (``runs`` each after
+    a warm-up, caches cleared), then bf16's agreement with fp32 for ``ANSWER_PHRASE``:
+
+    * masks: each fp32 mask's best IoU with a bf16 mask (all ``--crops`` detections);
+    * crop embeddings: cosine of the same crops (fp32's masks) through TinyCLIP's image
+      tower in fp32 and under bf16 autocast;
+    * best box: IoU of the two answers' best boxes.
+    """
+    bf16.proposer = locator.proposer  # this size's calibrated settings
+    ms: Dict[str, List[float]] = {"fp32": [], "bf16": []}
+    cpu_ms: Dict[str, List[float]] = {"fp32": [], "bf16": []}
+    for run in range(runs + 1):  # the first is a warm-up
+        for name, which in (("fp32", locator), ("bf16", bf16))[:: 1 if run % 2 else -1]:
+            which.clear_cache()
+            cpu_before, started = cpu_seconds(), time.perf_counter()
+            which.locate(work.image, f"pick the {next(phrases)}", frame_key=("precision", run))
+            if run:
+                ms[name].append((time.perf_counter() - started) * 1e3)
+                cpu_ms[name].append((cpu_seconds() - cpu_before) * 1e3)
+    command = f"pick the {ANSWER_PHRASE}"
+    want = locator.locate(work.image, command, frame_key=("precision", "fp32"))
+    got = bf16.locate(work.image, command, frame_key=("precision", "bf16"))
+    matched = [
+        max((mask_iou(a.mask, b.mask) for b in got.detections), default=0.0)
+        for a in want.detections
+    ]
+    masks = np.stack([d.mask for d in want.detections])
+    boxes = np.array([d.box_xyxy for d in want.detections])
+    embeddings = {}
+    for name, enabled in (("fp32", False), ("bf16", True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            embeddings[name] = locator.scorer.embed_crops(work.image, masks, boxes).float()
+    cosine = torch.nn.functional.cosine_similarity(embeddings["fp32"], embeddings["bf16"])
+    return {
+        "fp32_ms": median(ms["fp32"]),
+        "bf16_ms": median(ms["bf16"]),
+        "speedup_bf16": median(ms["fp32"]) / median(ms["bf16"]),
+        "fp32_cpu_ms": median(cpu_ms["fp32"]),
+        "bf16_cpu_ms": median(cpu_ms["bf16"]),
+        "masks": {"fp32": want.proposals, "bf16": got.proposals},
+        "matched_mask_iou_min": min(matched),
+        "matched_mask_iou_mean": float(np.mean(matched)),
+        "crop_cosine_min": float(cosine.min()),
+        "crop_cosine_mean": float(cosine.mean()),
+        "best_box_iou": box_iou(want.best.box_xyxy, got.best.box_xyxy),
+        "same_best_box": want.best.box_xyxy == got.best.box_xyxy,
+        "best_score_diff": abs(want.best.score - got.best.score),
+        "emulated": os.environ.get(EMULATED_BF16_ENV) == "1",
+    }
+
+
+def print_precision(row: dict, machine: Machine) -> None:
+    emulated = " (EMULATED bf16: agreement only)" if row["emulated"] else ""
+    print(
+        f"precision bf16 vs fp32, Locator.locate() exact{emulated}: fp32 {row['fp32_ms']:.0f} ms, "
+        f"bf16 {row['bf16_ms']:.0f} ms = {row['speedup_bf16']:.2f}x (CPU time "
+        f"{row['fp32_cpu_ms']:.0f} / {row['bf16_cpu_ms']:.0f} ms); masks {row['masks']['fp32']}"
+        f" / {row['masks']['bf16']}, each fp32 mask's best bf16 IoU min "
+        f"{row['matched_mask_iou_min']:.4f} mean {row['matched_mask_iou_mean']:.4f}; crop "
+        f"embedding cosine min {row['crop_cosine_min']:.5f} mean {row['crop_cosine_mean']:.5f}; "
+        f"best box IoU {row['best_box_iou']:.4f} (same box: {row['same_best_box']}), score "
+        f"difference {row['best_score_diff']:.1e}; machine: {label(machine)}"
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -920,6 +1104,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default="",
         help="OPTIONAL row: also time locate() on the ONNX Runtime backend with models "
         "exported to DIR",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: also time locate() with precision bf16 and compare it with fp32 (masks, "
+        "crop embeddings, best box); emulated, for agreement only, on CPUs without bf16",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -980,6 +1171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     phrases = fresh_phrases()
     locator.scorer.text.embed(list(NEGATIVE_PHRASES))  # warm, as in a running node
 
+    machine = probe()  # every figure below is this machine's
+    print(describe(machine))
+    bf16 = precision_locator(locator, machine) if args.precision == "bf16" else None
     rate_median, rate_best = matmul_gflops()
     print(
         f"load average at start: {load_average()}; "
@@ -1033,6 +1227,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         print_size(f"{w}x{h}", work, res, runs, args.crops)
         per_size[f"{w}x{h}"] = size_json(res)
+        if bf16 is not None:  # --precision bf16: speed and agreement against fp32
+            agreement = bench_precision(locator, bf16, work, runs, phrases)
+            print_precision(agreement, machine)
+            per_size[f"{w}x{h}"]["precision_bf16"] = agreement
+        tracked = bench_tracked_rows(locator, others, work, runs)  # the tracked-frame row
+        print_tracked(tracked, res["ms"]["reference"])
+        per_size[f"{w}x{h}"].update(tracked_json(tracked, res["ms"]["reference"]))
         if args.profile and index == 0:
             profile_package(locator, work, args.profile)
 
@@ -1054,6 +1255,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "crops": args.crops,
         "iou_pass_fraction": REALISTIC_PASS_FRACTION,
         "matmul_gflops": rate_median,
+        "machine": machine_json(machine),  # the figures are this machine's
+        "machine_label": label(machine),
+        **(
+            {"precision_bf16": per_size[first]["precision_bf16"]}
+            if "precision_bf16" in per_size[first]
+            else {}
+        ),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "text_tower_ms": text["ms"],
@@ -1064,8 +1272,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for k, v in per_size[first].items()
             if any(k.startswith(f"{n}_") or k == f"speedup_{n}" for n in LOCATE_ROWS)
         },
+        # tracked_ms, tracked_fps, speedup_tracked, ... (and onnx_tracked_* with --backend-onnx)
+        **{k: v for k, v in per_size[first].items() if "tracked" in k},
         "sizes": per_size,
     }
+    print(f"all figures above: {label(machine)}")
     print(json.dumps(summary))
     return 0
 
