@@ -74,7 +74,7 @@ def frame_bank(count: int = 8) -> List[Any]:
     import cv2
     import numpy as np
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     base = cv2.resize(load_rgb(SAMPLE_IMAGE), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
     bank = []
@@ -346,7 +346,7 @@ def environment(values: Dict[str, str]) -> Iterator[None]:
 
 def run_soak(args: argparse.Namespace) -> RunRecord:
     from vlm_grasp_locator.core.command_parser import parse_command
-    from vlm_grasp_locator.tools.demo import NodeProcess, reserve_domain_id
+    from vlm_grasp_locator.tools.node_client import NodeProcess, reserve_domain_id
 
     duration = args.seconds if args.seconds is not None else args.minutes * 60.0
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="soak_"))

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vlm_grasp_locator.tools.demo import (
+from vlm_grasp_locator.tools.node_client import (
     LocatorClient,
     NodeProcess,
     array_to_image_msg,

@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import yaml
 
 from node_harness import SMALL_PARAMS, messages_unavailable
-from vlm_grasp_locator.tools.demo import reserve_domain_id, ros_env
+from vlm_grasp_locator.tools.node_client import reserve_domain_id, ros_env
 
 
 def tools_unavailable() -> Optional[str]:

@@ -36,7 +36,7 @@ def _client(launch: Ros2Launch, namespace: str, image_topic: str = "image",
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from vlm_grasp_locator.tools.demo import LocatorClient
+    from vlm_grasp_locator.tools.node_client import LocatorClient
 
     client = LocatorClient(launch.domain_id, namespace=namespace)
     reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)

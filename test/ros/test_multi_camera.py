@@ -19,7 +19,7 @@ from node_harness import (
     messages_unavailable,
     reserve_domain_id,
 )
-from vlm_grasp_locator.tools.demo import param_args
+from vlm_grasp_locator.tools.node_client import param_args
 
 _why = messages_unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -32,7 +32,7 @@ CAMERAS = ("left", "right")
 def _frame(camera: str) -> np.ndarray:
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     rgb = cv2.resize(load_rgb(SAMPLE_IMAGE), (120, 80), interpolation=cv2.INTER_AREA)
     return rgb if camera == "left" else np.ascontiguousarray(rgb[:, ::-1])

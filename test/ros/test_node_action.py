@@ -30,7 +30,7 @@ ORDER = ["waiting_for_image", "proposing", "scoring", "done"]
 def _frame(flip: bool = False) -> np.ndarray:
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     rgb = cv2.resize(load_rgb(SAMPLE_IMAGE), (W, H), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(rgb[::-1]) if flip else rgb

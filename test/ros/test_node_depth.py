@@ -132,7 +132,7 @@ def _depth_m(width: int, height: int) -> np.ndarray:
 def rgb() -> np.ndarray:
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     return cv2.resize(load_rgb(SAMPLE_IMAGE), (W, H), interpolation=cv2.INTER_AREA)
 

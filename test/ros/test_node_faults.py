@@ -192,7 +192,7 @@ def test_out_of_memory_in_one_inference_is_answered_and_the_node_keeps_serving(
     client = live.client
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     rgb = cv2.resize(load_rgb(SAMPLE_IMAGE), (120, 80), interpolation=cv2.INTER_AREA)
     rgb = np.roll(rgb, 7 * len(stage), axis=1)  # content no earlier frame had: no cache hit
@@ -243,7 +243,7 @@ def test_sigint_during_inference_exits_cleanly_leaving_no_shared_memory(
         tmp_path: Path) -> None:
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     node = RunningNode(tmp_path, SMALL_PARAMS)
     try:

@@ -26,7 +26,7 @@ SEVERITY_ERROR = "Logger severity cannot be changed between calls"
 def _frame() -> np.ndarray:
     import cv2
 
-    from vlm_grasp_locator.tools.demo import SAMPLE_IMAGE, load_rgb
+    from vlm_grasp_locator.tools.node_client import SAMPLE_IMAGE, load_rgb
 
     return cv2.resize(load_rgb(SAMPLE_IMAGE), (120, 80), interpolation=cv2.INTER_AREA)
 

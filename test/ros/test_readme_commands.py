@@ -71,7 +71,7 @@ class Camera:
         from sensor_msgs.msg import Image
 
         from scenes import synthetic_scene
-        from vlm_grasp_locator.tools.demo import LocatorClient
+        from vlm_grasp_locator.tools.node_client import LocatorClient
 
         self.client = LocatorClient(domain_id, namespace=namespace)
         self.client.image_pub = self.client.node.create_publisher(
