@@ -13,8 +13,8 @@ cup") are answered in order.
 **Building one.** The pipeline does not choose engines: ``backends.factory.build_locator
 (config)`` loads the models of ``config.backend`` and calls ``Locator.from_models``;
 ``Locator.from_parts`` takes plug-in parts (and models for the default ones).
-``Locator.from_config`` is the older one-call path, kept for callers that have not
-moved yet (torch backend only; it also applies the process policy, see there).
+Process-wide settings (threads, allocator) are the entry point's: see
+``runtime.process.configure_process``.
 
 **One cache, per frame.** Everything that depends on the image alone (proposals, their
 region features, fast mode's windows and MobileSAM's image embedding) lives in one
@@ -414,30 +414,6 @@ class Locator:
         return cls(
             config, proposer, frame_scorer, models.random_weights, models.device, prompt_segmenter
         )
-
-    @classmethod
-    def from_config(cls, config: LocatorConfig) -> "Locator":
-        """The older one-call path: torch models and the process policy together.
-
-        Kept for callers that have not moved yet; new code calls
-        ``runtime.process.configure_process`` and ``backends.factory.build_locator``
-        (which also serves backend ``onnxruntime``). Like before, this applies
-        ``config.num_threads`` and the decoder's worker threads process-wide.
-        Raises ``CheckpointError`` / ``ValueError`` on failure.
-        """
-        from vlm_grasp_locator.models.adapters import torch_parts
-        from vlm_grasp_locator.models.registry import load_models
-        from vlm_grasp_locator.runtime.process import configure_process
-
-        config.validate()
-        if config.backend != Backend.TORCH:
-            raise ValueError(
-                f"backend {config.backend!r}: build the locator with "
-                "vlm_grasp_locator.backends.factory.build_locator(config)"
-            )
-        process = configure_process(num_threads=config.num_threads)
-        models = torch_parts(load_models(**config.model_kwargs()))
-        return cls.from_models(config, models, process.workers)
 
     def clear_cache(self) -> None:
         with self._lock:

@@ -28,7 +28,6 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops.boxes import batched_nms
 
 from vlm_grasp_locator.models.interfaces import EncodedImage, Segmenter
 from vlm_grasp_locator.pipeline.proposals import Proposals
@@ -42,6 +41,15 @@ __all__ = ["MaskProposer", "ProposalSettings", "Proposals", "PROMPT_BATCH"]
 PROMPT_BATCH = 4
 # Masks resized to the image's size together (each is 4 MB of float logits at 1024x1024).
 POSTPROCESS_CHUNK = 3
+
+
+def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                 iou_threshold: float) -> torch.Tensor:
+    """torchvision's ``batched_nms``, imported on first use: importing torchvision pulls
+    in torch._dynamo, about 1.5 s that every process importing the pipeline would pay."""
+    from torchvision.ops.boxes import batched_nms
+
+    return batched_nms(boxes, scores, idxs, iou_threshold)
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,7 @@ class MaskProposer:
 
         # Duplicates: the same box-NMS as the generator (inclusive boxes, like mobile_sam).
         # Boxes come with each batch, so only the masks NMS keeps are copied together.
-        keep = batched_nms(
+        keep = _batched_nms(
             torch.cat([b.boxes for b in kept]),
             iou_preds,
             torch.zeros(len(iou_preds)),
@@ -319,7 +327,7 @@ def remove_small_regions_and_duplicates(
         cleaned.append(torch.as_tensor(mask))
         scores.append(0.0 if holes_changed or islands_changed else 1.0)
     cleaned_masks = torch.stack(cleaned)
-    keep = batched_nms(
+    keep = _batched_nms(
         batched_mask_to_box(cleaned_masks).float(),
         torch.as_tensor(scores),
         torch.zeros(len(cleaned_masks)),

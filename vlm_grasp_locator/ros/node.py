@@ -34,7 +34,7 @@ import enum
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Union
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
@@ -382,25 +382,23 @@ class GraspLocatorNode(LifecycleNode):
 
     def _on_depth(self, msg: Image) -> None:
         """Buffer the depth frame (converted in the worker, only when used)."""
-        depth = self._depth
-        if depth is None:
-            return
-        try:
-            depth.add_depth(msg)
-        except ValueError as e:
-            self.get_logger().warning(f"skipping depth frame: {e}",
-                                      throttle_duration_sec=THROTTLE_S)
+        self._pair(msg, "depth frame")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         """Pair the camera_info with the depth frame of the same stamp (see frame_pairing)."""
+        self._pair(msg, "camera_info")
+
+    def _pair(self, msg: Union[Image, CameraInfo], what: str) -> None:
         depth = self._depth
         if depth is None:
             return
         try:
-            depth.add_camera_info(msg)
+            if isinstance(msg, CameraInfo):
+                depth.add_camera_info(msg)
+            else:
+                depth.add_depth(msg)
         except ValueError as e:
-            self.get_logger().warning(f"skipping camera_info: {e}",
-                                      throttle_duration_sec=THROTTLE_S)
+            self.get_logger().warning(f"skipping {what}: {e}", throttle_duration_sec=THROTTLE_S)
 
     def _on_command(self, msg: String) -> None:
         """Queue a topic command (see LocatorService.submit for a full queue)."""
