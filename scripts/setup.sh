@@ -43,7 +43,7 @@ ROS_BUILD=(
 )
 PY_DEPS=(
   mobilesam-mirror open_clip_torch onnxruntime onnx onnxscript opencv-python-headless scikit-image
-  pytest hypothesis flake8
+  pytest pytest-xdist hypothesis flake8
 )
 
 if [ ! -x "$PY" ]; then

@@ -1,9 +1,11 @@
 """Markers by folder, and an empty model cache for every test and node process.
 
-The folders are the layers of the suite: ``unit`` (no DDS; pure code and the real
-architectures with random weights), ``ros`` (nodes over DDS, the launch files and the
-``ros2`` tools), ``system`` (colcon builds, the benchmark and soak smoke runs, install
-scripts). ``pytest -m unit`` runs the first alone. Nothing here imports torch or rclpy.
+The folders are the layers of the suite: ``unit`` (pure code, and the pipeline with
+parts of known semantics; seconds), ``models`` (the real architectures with random
+weights: loading, equivalence with the reference, backends, CLI), ``ros`` (nodes over
+DDS, the launch files and the ``ros2`` tools), ``system`` (colcon builds, the benchmark
+and soak smoke runs, install scripts). ``pytest -m unit`` runs the first alone. Nothing
+here imports torch or rclpy.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import os
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 
-LAYERS = ("unit", "ros", "system")
+from scenes import synthetic_scene
+
+LAYERS = ("unit", "models", "ros", "system")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -35,3 +40,9 @@ def no_real_checkpoints(tmp_path_factory: pytest.TempPathFactory):
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = saved
+
+
+@pytest.fixture(scope="session")
+def scene() -> np.ndarray:
+    """The synthetic table scene (red and blue blocks) the unit and model tests share."""
+    return synthetic_scene()

@@ -642,3 +642,33 @@ def generate(count: int, seed: int = 0,
         else:
             raise RuntimeError(f"could not lay out a scene for {kind}")
     return commands
+
+
+# ---------------------------------------------------------------- moving scenes (tracking)
+DISTRACTORS = (
+    SceneObject("blue", "circle", 14, (250.0, 180.0)),
+    SceneObject("green", "triangle", 14, (260.0, 50.0)),
+)
+
+
+def frame(target: Optional[SceneObject], seed: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """A rendered frame with the distractors and ``target`` (unless it is entirely off
+    the image); its true mask."""
+    if target is not None and target.box[0] >= SIZE_HW[1]:
+        target = None
+    objects = list(DISTRACTORS) + ([target] if target is not None else [])
+    scene = render(objects, np.random.default_rng(seed))
+    return scene.image, scene.masks[-1] if target is not None else None
+
+
+def moving(start: Tuple[float, float], step: Tuple[float, float], n: int) -> List[SceneObject]:
+    """The red square at ``start`` moving by ``step`` a frame, for ``n`` frames."""
+    return [
+        SceneObject("red", "square", 14, (start[0] + i * step[0], start[1] + i * step[1]))
+        for i in range(n)
+    ]
+
+
+def true_box(mask: np.ndarray) -> Tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))

@@ -7,13 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scenes import assert_well_formed
 from synthetic_scenes import CommandKind, CountingOracle, TrueMasks, generate
-from vlm_grasp_locator.models.interfaces import LoadedModels
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
 from vlm_grasp_locator.pipeline.parts import Proposer, RegionScorer
-from vlm_grasp_locator.pipeline.proposals import Proposals
-
-from test_locator import assert_well_formed
 
 PLAIN = generate(24, seed=11, kinds=(CommandKind.PLAIN,))
 
@@ -98,26 +95,3 @@ def test_missing_parts_need_models_and_fast_mode_needs_the_defaults():
         Locator.from_parts(
             plugin_config(mode="fast"), proposer=TrueMasks(case.scene), scorer=CountingOracle()
         )
-
-
-def test_a_plugin_proposer_with_the_default_tinyclip_scorer(locator, scene):
-    """Models for the part not given: TinyCLIP (random weights) scores two true blocks."""
-    models = LoadedModels(
-        segmenter=locator.proposer.segmenter,
-        clip=locator.scorer.clip,
-        clip_name=locator.config.clip_model,
-        device=locator.device,
-        random_weights=True,
-    )
-    blocks = np.zeros((2, *scene.shape[:2]), bool)
-    blocks[0, 24:96, 32:128] = True  # the red block of ``scenes.synthetic_scene``
-    blocks[1, 120:216, 160:288] = True  # the blue one
-    mixed = Locator.from_parts(
-        plugin_config(score_threshold=0.0),
-        proposer=lambda image: Proposals.from_masks(blocks),
-        models=models,
-    )
-    result = mixed.locate(scene, "take the red block")
-    assert mixed.random_weights and result.found and result.proposals == 2
-    assert_well_formed(result, scene.shape[1], scene.shape[0])
-    assert {d.mask_area for d in result.detections} <= {int(b.sum()) for b in blocks}

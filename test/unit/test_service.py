@@ -1,14 +1,14 @@
 """LocatorService in this process, without ROS: queue, frame slot, worker, cancel, stop.
 
-The core is a ScriptedLocator (instant, blockable, made to fail on request) for the
-scheduling tests, and the real locator with random weights for one end-to-end answer.
+The core is a ScriptedLocator (instant, blockable, made to fail on request);
+test/models/test_real_parts.py answers through the service with the real locator.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -369,27 +369,3 @@ def test_unload_frees_the_locator_and_the_frame(rig: Rig) -> None:
     again = rig.job("take the cup")
     again.wait()
     assert "no image received" in rig.reply_for(again.job).reason
-
-
-def test_a_real_locator_answers_through_the_service(locator: object, scene: np.ndarray) -> None:
-    out = Recorder()
-    service = LocatorService(lambda: locator, out, LOG,  # type: ignore[arg-type, return-value]
-                             settings=ServiceSettings(max_image_age=0.0))
-    service.load()
-    service.activate()
-    try:
-        frame = service.put_frame("header", lambda: scene)
-        jobs: List[Optional[Job]] = [Job("take the red block"), Job("take the blue block")]
-        for job in jobs:
-            assert job is not None
-            service.submit(job)
-        for job in jobs:
-            assert job is not None and job.wait(120.0) and job.outcome is Outcome.SUCCEEDED
-        replies = out.published
-        assert [r.frame for r in replies] == [frame, frame]
-        assert all(r.result is not None and r.result.image_size == scene.shape[1::-1]
-                   for r in replies)
-        assert service.stats.last_timings_ms.get("total", 0.0) > 0.0
-    finally:
-        assert service.stop(60.0)
-        service.unload()

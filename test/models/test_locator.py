@@ -9,25 +9,9 @@ from vlm_grasp_locator.backends.factory import build_locator
 from vlm_grasp_locator.core.command_parser import parse_command
 from vlm_grasp_locator.core.referring import parse_referring
 from vlm_grasp_locator.pipeline import locator as locator_module
-from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
+from vlm_grasp_locator.pipeline.locator import LocatorConfig
 
-from scenes import SMALL_PIPELINE
-
-
-def assert_well_formed(result, width: int, height: int) -> None:
-    assert result.image_size == (width, height)
-    scores = [d.score for d in result.detections]
-    assert scores == sorted(scores, reverse=True)
-    for d in result.detections:
-        x0, y0, x1, y1 = d.box_xyxy
-        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-        assert d.mask.shape == (height, width) and d.mask.dtype == bool
-        assert d.mask_area == int(d.mask.sum()) > 0
-        ys, xs = np.nonzero(d.mask)
-        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
-        assert 0.0 <= d.score <= 1.0 and np.isfinite(d.similarity)
-        assert d.label == result.target
-    assert np.isfinite(result.timings_ms["total"])
+from scenes import SMALL_PIPELINE, assert_well_formed
 
 
 def test_locate_returns_ranked_detections(locator, scene):
@@ -141,12 +125,6 @@ def test_a_parsed_command_is_not_parsed_again(locator, scene, monkeypatch, parse
     result = locator.locate(scene, parsed)
     assert calls == [] and result.target == "green block" and result.found
     assert result.command == "please take the green block"
-
-
-def test_the_old_one_call_path_sends_other_backends_to_the_factory():
-    config = LocatorConfig(**{**SMALL_PIPELINE, "backend": "onnxruntime"})
-    with pytest.raises(ValueError, match="build_locator"):
-        Locator.from_config(config)
 
 
 def test_config_validation_names_the_field():

@@ -1,16 +1,10 @@
-"""Fixtures of the unit tests: the real architectures with random weights, built once."""
+"""Fixtures of the model tests: the real architectures with random weights, built once."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from scenes import SMALL_PIPELINE, synthetic_scene
-
-
-@pytest.fixture(scope="session")
-def scene() -> np.ndarray:
-    return synthetic_scene()
+from scenes import SMALL_PIPELINE
 
 
 @pytest.fixture(scope="session")

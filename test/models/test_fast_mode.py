@@ -20,8 +20,7 @@ from vlm_grasp_locator.pipeline.text_guided_prompts import (
     relevance_windows,
 )
 
-from scenes import SMALL_PIPELINE
-from test_locator import assert_well_formed
+from scenes import SMALL_PIPELINE, assert_well_formed
 
 # Box NMS off: random-weight masks all have near image-sized boxes, and NMS would leave one.
 FAST = dict(SMALL_PIPELINE, mode="fast", box_nms_thresh=1.0)
