@@ -26,8 +26,8 @@ READY_S = 180.0
 # What each kind of README line must print; every tested line must match one entry.
 EXPECTED = [
     (r"^ros2 topic pub --once ", "publishing #1"),
-    (r"^ros2 topic echo --once \S+/grasp_target --field reason$", "---"),
-    (r"^ros2 topic echo --once \S+/grasp_target --field detection.bbox$", "size_x"),
+    (r"^ros2 topic echo --once .*/grasp_target .*--field reason$", "---"),
+    (r"^ros2 topic echo --once .*/grasp_target .*--field detection.bbox$", "size_x"),
     (r"^ros2 action send_goal ", "SUCCEEDED"),
     (r"^ros2 param describe ", "Type: double"),
     (r"^ros2 param set ", "Set parameter successful"),
