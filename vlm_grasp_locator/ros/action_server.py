@@ -16,9 +16,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
-from vlm_grasp_locator.ros.messages import Answer
+from vlm_grasp_locator.ros.messages import Answer, RosMsg
 from vlm_grasp_locator.service.jobs import Job, JobKind, Outcome, Stage
 from vlm_grasp_locator.service.locator_service import LocatorService, Reply
 
@@ -26,11 +26,16 @@ from vlm_grasp_locator.service.locator_service import LocatorService, Reply
 # returns; a result ready before then waits at most this long for it.
 CANCEL_STATE_WAIT_S = 1.0
 
+if TYPE_CHECKING:
+    from rclpy.action import CancelResponse, GoalResponse
+    from rclpy.action.server import ServerGoalHandle
+    from rclpy.node import Node
+
 
 class _Goal:
     """One accepted goal: its handle, its job, and whether execute() was called."""
 
-    def __init__(self, handle: Any, job_factory: Callable[["_Goal"], Job]) -> None:
+    def __init__(self, handle: "ServerGoalHandle", job_factory: Callable[["_Goal"], Job]) -> None:
         self.handle = handle
         self._executed = False
         self._lock = threading.Lock()
@@ -50,8 +55,8 @@ class LocateActionServer:
     ``not_found(reply)`` builds the GraspTarget of a goal that ended unanswered.
     """
 
-    def __init__(self, node: Any, service: LocatorService, *,
-                 admit: Callable[[], Optional[str]], not_found: Callable[[Reply], Any],
+    def __init__(self, node: "Node", service: LocatorService, *,
+                 admit: Callable[[], Optional[str]], not_found: Callable[[Reply], RosMsg],
                  name: str = "locate") -> None:
         from rclpy.action import ActionServer
         from rclpy.callback_groups import ReentrantCallbackGroup
@@ -78,7 +83,7 @@ class LocateActionServer:
         self._server.destroy()
 
     # ------------------------------------------------------------------ rclpy callbacks
-    def _on_goal(self, goal: Any) -> Any:
+    def _on_goal(self, goal: RosMsg) -> "GoalResponse":
         from rclpy.action import GoalResponse
 
         why = self._admit()
@@ -88,7 +93,7 @@ class LocateActionServer:
             f"rejecting locate goal {goal.command[:60]!r}: {why}")
         return GoalResponse.REJECT
 
-    def _on_accepted(self, goal_handle: Any) -> None:
+    def _on_accepted(self, goal_handle: "ServerGoalHandle") -> None:
         """Queue the goal's job; no execute yet (no thread waits for a queued goal)."""
         goal = _Goal(goal_handle, self._make_job)
         with self._goals_lock:
@@ -101,7 +106,7 @@ class LocateActionServer:
                    on_start=lambda job: self._execute(goal),
                    on_finish=lambda job: self._execute(goal))
 
-    def _on_cancel(self, goal_handle: Any) -> Any:
+    def _on_cancel(self, goal_handle: "ServerGoalHandle") -> "CancelResponse":
         from rclpy.action import CancelResponse
 
         with self._goals_lock:
@@ -110,7 +115,8 @@ class LocateActionServer:
             self._service.cancel(goal.job)
         return CancelResponse.ACCEPT
 
-    def _unexpected_execute(self, goal_handle: Any) -> Any:  # pragma: no cover - never used
+    def _unexpected_execute(self, goal_handle: "ServerGoalHandle") -> RosMsg:
+        """Never called: goals are executed through ``goal.handle.execute`` (see above)."""
         goal_handle.abort()
         return self._Locate.Result()
 
@@ -129,7 +135,7 @@ class LocateActionServer:
             handle.publish_feedback(self._Locate.Feedback(stage=stage.value,
                                                           progress=float(progress)))
 
-    def _result(self, goal: _Goal) -> Any:
+    def _result(self, goal: _Goal) -> RosMsg:
         """Execute callback: wait for the job's end (it has started or ended), report it."""
         handle, job = goal.handle, goal.job
         job.wait()
@@ -151,7 +157,7 @@ class LocateActionServer:
             with self._goals_lock:
                 self._goals.pop(bytes(handle.goal_id.uuid), None)
 
-    def _result_targets(self, goal: _Goal) -> Tuple[Any, List[Any]]:
+    def _result_targets(self, goal: _Goal) -> Tuple[RosMsg, List[RosMsg]]:
         """The answer and every target's, masks left out unless the goal asked for them."""
         job = goal.job
         if job.outcome is Outcome.SUCCEEDED and isinstance(job.answer, Answer):
@@ -167,7 +173,7 @@ class LocateActionServer:
         return _without_mask(target), [_without_mask(t) for t in targets]
 
 
-def _without_mask(target: Any) -> Any:
+def _without_mask(target: RosMsg) -> RosMsg:
     """A copy of a GraspTarget whose mask keeps only its header."""
     from sensor_msgs.msg import Image
 

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from vlm_grasp_locator.ros.encodings import mask_to_mono8_fields, rgb_to_image_fields
+
+if TYPE_CHECKING:
+    from vlm_grasp_locator.core.grasp_geometry import GraspPose
+    from vlm_grasp_locator.pipeline.detection import Detection
+    from vlm_grasp_locator.pipeline.locator import LocateResult
+
+# A ROS message instance. Its class comes from MsgTypes (the real one, or a test's
+# stand-in), so this module can name no message class in its annotations.
+RosMsg = Any
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class MsgTypes:
                    GraspTarget, GraspTargetArray, **extra)
 
 
-def copy_header(header: Any, header_cls: Optional[type] = None) -> Any:
+def copy_header(header: RosMsg, header_cls: Optional[type] = None) -> RosMsg:
     """A fresh header with the same stamp and frame_id (outputs never share one object)."""
     cls = header_cls or type(header)
     out = cls()
@@ -68,7 +77,7 @@ def copy_header(header: Any, header_cls: Optional[type] = None) -> Any:
     return out
 
 
-def _uint8_array(data: Any) -> array.array:
+def _uint8_array(data: Union[bytes, bytearray, "array.array[int]", np.ndarray]) -> array.array:
     """Image data as ``array.array('B')``: the fast path of the generated setter."""
     if isinstance(data, array.array) and data.typecode == "B":
         return data
@@ -77,7 +86,7 @@ def _uint8_array(data: Any) -> array.array:
     return array.array("B", bytes(data))
 
 
-def image_from_fields(types: MsgTypes, header: Any, fields: dict) -> Any:
+def image_from_fields(types: MsgTypes, header: RosMsg, fields: dict) -> RosMsg:
     """An Image message from a ``rgb_to_image_fields``-style dict."""
     msg = types.image()
     msg.header = copy_header(header, types.header)
@@ -90,24 +99,24 @@ def image_from_fields(types: MsgTypes, header: Any, fields: dict) -> Any:
     return msg
 
 
-def rgb_image_msg(types: MsgTypes, header: Any, rgb: np.ndarray) -> Any:
+def rgb_image_msg(types: MsgTypes, header: RosMsg, rgb: np.ndarray) -> RosMsg:
     """An rgb8 Image of an HxWx3 uint8 array."""
     return image_from_fields(types, header, rgb_to_image_fields(rgb))
 
 
-def mask_image_msg(types: MsgTypes, header: Any, mask: np.ndarray) -> Any:
+def mask_image_msg(types: MsgTypes, header: RosMsg, mask: np.ndarray) -> RosMsg:
     """A mono8 Image of a boolean mask (255 on the object)."""
     return image_from_fields(types, header, mask_to_mono8_fields(mask))
 
 
-def empty_image_msg(types: MsgTypes, header: Any) -> Any:
+def empty_image_msg(types: MsgTypes, header: RosMsg) -> RosMsg:
     """A zero-size Image carrying only the header (the mask of a not-found answer)."""
     msg = types.image()
     msg.header = copy_header(header, types.header)
     return msg
 
 
-def detection_msg(types: MsgTypes, header: Any, detection: Any, rank: int) -> Any:
+def detection_msg(types: MsgTypes, header: RosMsg, detection: "Detection", rank: int) -> RosMsg:
     """One Detection2D: box centre/size in source pixels, hypothesis = (target phrase, score)."""
     x0, y0, x1, y1 = (float(v) for v in detection.box_xyxy)
     msg = types.detection()
@@ -130,8 +139,8 @@ def detection_msg(types: MsgTypes, header: Any, detection: Any, rank: int) -> An
     return msg
 
 
-def detection_array_msg(types: MsgTypes, header: Any, detections: Sequence[Any],
-                        ranked: bool = False) -> Any:
+def detection_array_msg(types: MsgTypes, header: RosMsg, detections: Sequence["Detection"],
+                        ranked: bool = False) -> RosMsg:
     """A Detection2DArray, one Detection2D per detection, best (highest score) first;
     ``ranked``: keep the given order (several targets: each target's, in command order)."""
     if not ranked:
@@ -145,16 +154,16 @@ def detection_array_msg(types: MsgTypes, header: Any, detections: Sequence[Any],
 
 def grasp_target_msg(
     types: MsgTypes,
-    header: Any,
+    header: RosMsg,
     *,
     command: str,
     target: Optional[str],
     found: bool,
     reason: str,
-    detection: Any = None,
-    mask: Any = None,
+    detection: RosMsg = None,
+    mask: RosMsg = None,
     explanation: str = "",
-) -> Any:
+) -> RosMsg:
     """A GraspTarget; ``detection``/``mask`` are messages (defaults: empty, with the header)."""
     msg = types.grasp_target()
     msg.header = copy_header(header, types.header)
@@ -177,17 +186,17 @@ def grasp_target_msg(
 class Answer:
     """Everything published for one answer; all but ``detections``/``grasp_target`` may be None."""
 
-    detections: Any
-    grasp_target: Any
-    mask: Any = None
-    overlay: Any = None
-    pose: Any = None  # PoseStamped (depth only)
-    cloud: Any = None  # PointCloud2 (depth only)
-    markers: Any = None  # MarkerArray (depth only)
-    grasp_targets: Any = None  # GraspTargetArray: every target in order (grasp_target first)
+    detections: RosMsg
+    grasp_target: RosMsg
+    mask: RosMsg = None
+    overlay: RosMsg = None
+    pose: RosMsg = None  # PoseStamped (depth only)
+    cloud: RosMsg = None  # PointCloud2 (depth only)
+    markers: RosMsg = None  # MarkerArray (depth only)
+    grasp_targets: RosMsg = None  # GraspTargetArray: every target in order (grasp_target first)
 
 
-def best_detection(result: Any) -> Any:
+def best_detection(result: "LocateResult") -> Optional["Detection"]:
     """The detection the answer is about (highest score), or None when nothing was found."""
     if not result.found or not result.detections:
         return None
@@ -196,8 +205,8 @@ def best_detection(result: Any) -> Any:
 
 def result_messages(
     types: MsgTypes,
-    header: Any,
-    result: Any,
+    header: RosMsg,
+    result: "LocateResult",
     command: str,
     *,
     overlay_rgb: Optional[np.ndarray] = None,
@@ -231,9 +240,9 @@ def result_messages(
                   grasp_targets=grasp_target_array_msg(types, header, targets))
 
 
-def _target_msg(types: MsgTypes, header: Any, command: str, target: Optional[str],
-                found: bool, reason: str, explanation: str, detections: Sequence[Any],
-                size_hw: Tuple[int, int]) -> Any:
+def _target_msg(types: MsgTypes, header: RosMsg, command: str, target: Optional[str],
+                found: bool, reason: str, explanation: str, detections: Sequence["Detection"],
+                size_hw: Tuple[int, int]) -> RosMsg:
     """One target's GraspTarget: its best detection and mask, or found=false."""
     if found and detections:
         best = max(detections, key=lambda d: float(d.score))
@@ -246,7 +255,7 @@ def _target_msg(types: MsgTypes, header: Any, command: str, target: Optional[str
                             reason=reason or "no detection", explanation=explanation)
 
 
-def grasp_target_array_msg(types: MsgTypes, header: Any, targets: Sequence[Any]) -> Any:
+def grasp_target_array_msg(types: MsgTypes, header: RosMsg, targets: Sequence[RosMsg]) -> RosMsg:
     """A GraspTargetArray of ``targets`` (None where the type is not loaded)."""
     if types.grasp_target_array is None:
         return None
@@ -257,7 +266,7 @@ def grasp_target_array_msg(types: MsgTypes, header: Any, targets: Sequence[Any])
 
 
 def not_found_messages(
-    types: MsgTypes, header: Any, command: str, target: Optional[str], reason: str
+    types: MsgTypes, header: RosMsg, command: str, target: Optional[str], reason: str
 ) -> Answer:
     """An answer without inference: empty detections and found=false with the reason."""
     target_msg = grasp_target_msg(types, header, command=command, target=target,
@@ -271,7 +280,7 @@ MARKER_NS = "grasp_locator"
 ARROW_LENGTH_M = 0.1
 
 
-def pose_stamped_msg(types: MsgTypes, header: Any, grasp_pose: Any) -> Any:
+def pose_stamped_msg(types: MsgTypes, header: RosMsg, grasp_pose: "GraspPose") -> RosMsg:
     """A PoseStamped of a ``GraspPose`` (position + orientation in ``header``'s frame)."""
     msg = types.pose_stamped()
     msg.header = copy_header(header, types.header)
@@ -281,7 +290,9 @@ def pose_stamped_msg(types: MsgTypes, header: Any, grasp_pose: Any) -> Any:
     return msg
 
 
-def set_pose(types: MsgTypes, target_msg: Any, header: Any, grasp_pose: Any) -> Any:
+def set_pose(
+    types: MsgTypes, target_msg: RosMsg, header: RosMsg, grasp_pose: "GraspPose"
+) -> RosMsg:
     """Fill ``GraspTarget.pose`` from a ``GraspPose`` and set pose_valid; returns the pose."""
     pose = pose_stamped_msg(types, header, grasp_pose)
     target_msg.pose = pose
@@ -289,13 +300,13 @@ def set_pose(types: MsgTypes, target_msg: Any, header: Any, grasp_pose: Any) -> 
     return pose
 
 
-def set_pose_invalid(target_msg: Any, reason: str) -> None:
+def set_pose_invalid(target_msg: RosMsg, reason: str) -> None:
     """pose_valid=false; the reason goes into GraspTarget.reason (kept alongside any other)."""
     target_msg.pose_valid = False
     target_msg.reason = f"{target_msg.reason}; {reason}" if target_msg.reason else reason
 
 
-def point_cloud_msg(types: MsgTypes, header: Any, points: np.ndarray) -> Any:
+def point_cloud_msg(types: MsgTypes, header: RosMsg, points: np.ndarray) -> RosMsg:
     """An unorganised PointCloud2 (x, y, z float32, point_step 12) of the finite ``points``."""
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     pts = np.ascontiguousarray(pts[np.isfinite(pts).all(axis=1)], dtype="<f4")
@@ -320,8 +331,8 @@ def point_cloud_msg(types: MsgTypes, header: Any, points: np.ndarray) -> Any:
     return msg
 
 
-def _marker(types: MsgTypes, header: Any, marker_id: int, kind: int,
-            rgba: Sequence[float]) -> Any:
+def _marker(types: MsgTypes, header: RosMsg, marker_id: int, kind: int,
+            rgba: Sequence[float]) -> RosMsg:
     m = types.marker()
     m.header = copy_header(header, types.header)
     m.ns = MARKER_NS
@@ -333,8 +344,8 @@ def _marker(types: MsgTypes, header: Any, marker_id: int, kind: int,
     return m
 
 
-def marker_array_msg(types: MsgTypes, header: Any, grasp_pose: Any, label: str,
-                     score: float) -> Any:
+def marker_array_msg(types: MsgTypes, header: RosMsg, grasp_pose: "GraspPose", label: str,
+                     score: float) -> RosMsg:
     """SPHERE at the grasp point (id 0), ARROW along the closing axis (id 1), TEXT label (id 2).
 
     The closing axis is perpendicular to the object's long axis in the optical frame:
@@ -364,7 +375,7 @@ def marker_array_msg(types: MsgTypes, header: Any, grasp_pose: Any, label: str,
     return msg
 
 
-def clear_markers_msg(types: MsgTypes, header: Any) -> Any:
+def clear_markers_msg(types: MsgTypes, header: RosMsg) -> RosMsg:
     """A MarkerArray deleting this node's markers (no valid pose for the latest answer)."""
     m = types.marker()
     m.header = copy_header(header, types.header)

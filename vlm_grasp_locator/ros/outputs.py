@@ -10,7 +10,7 @@ depth frame's).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -20,6 +20,7 @@ from vlm_grasp_locator.core.overlay import draw_overlay
 from vlm_grasp_locator.ros.messages import (
     Answer,
     MsgTypes,
+    RosMsg,
     best_detection,
     clear_markers_msg,
     marker_array_msg,
@@ -35,8 +36,13 @@ from vlm_grasp_locator.service.locator_service import Reply
 
 THROTTLE_S = 5.0
 
+if TYPE_CHECKING:
+    from builtin_interfaces.msg import Time
+    from rclpy.impl.rcutils_logger import RcutilsLogger
+    from rclpy.publisher import Publisher
+
 # create_publisher / create_lifecycle_publisher of the node: (type, topic, qos) -> publisher
-MakePublisher = Callable[[type, str, QoSProfile], Any]
+MakePublisher = Callable[[type, str, QoSProfile], "Publisher"]
 
 
 def reliable(depth: int) -> QoSProfile:
@@ -48,14 +54,14 @@ def reliable(depth: int) -> QoSProfile:
 class Publishers:
     """The output publishers (those of depth None without ``use_depth``)."""
 
-    detections: Any
-    grasp_target: Any
-    mask: Any
-    overlay: Any
-    grasp_targets: Any = None
-    pose: Any = None
-    cloud: Any = None
-    markers: Any = None
+    detections: "Publisher"
+    grasp_target: "Publisher"
+    mask: "Publisher"
+    overlay: "Publisher"
+    grasp_targets: Optional["Publisher"] = None
+    pose: Optional["Publisher"] = None
+    cloud: Optional["Publisher"] = None
+    markers: Optional["Publisher"] = None
 
     @classmethod
     def create(cls, make: MakePublisher, types: MsgTypes, depth: bool) -> "Publishers":
@@ -72,7 +78,7 @@ class Publishers:
             pubs.markers = make(types.marker_array, "markers", qos)
         return pubs
 
-    def all(self) -> List[Any]:
+    def all(self) -> List["Publisher"]:
         return [p for p in (self.detections, self.grasp_target, self.mask, self.overlay,
                             self.grasp_targets, self.pose, self.cloud, self.markers)
                 if p is not None]
@@ -81,7 +87,7 @@ class Publishers:
 class AnswerOutputs:
     """The service's :class:`~vlm_grasp_locator.service.locator_service.Outputs`."""
 
-    def __init__(self, types: MsgTypes, logger: Any, now: Callable[[], Any],
+    def __init__(self, types: MsgTypes, logger: "RcutilsLogger", now: Callable[[], "Time"],
                  on_error: Callable[[str], None]) -> None:
         """``now()``: a builtin_interfaces/Time for answers given before any frame;
         ``on_error(text)``: record and log an error."""
@@ -101,7 +107,7 @@ class AnswerOutputs:
             return header
         return Header(stamp=self._now(), frame_id="")
 
-    def not_found_target(self, reply: Reply) -> Any:
+    def not_found_target(self, reply: Reply) -> RosMsg:
         """The GraspTarget (found=false, ``reply.reason``) of a job ended unanswered."""
         return not_found_messages(self._types, self.header_of(reply), reply.text,
                                   reply.target, reply.reason).grasp_target

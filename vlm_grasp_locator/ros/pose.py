@@ -8,7 +8,7 @@ saying why not (published as ``pose_valid=false`` with ``reason`` "pose: ...").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from vlm_grasp_locator.core.grasp_geometry import (
 from vlm_grasp_locator.ros.encodings import image_msg_to_array
 from vlm_grasp_locator.service.jobs import Frame
 
+if TYPE_CHECKING:
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
 POSE_REASON_PREFIX = "pose: "
 
 
@@ -45,7 +50,7 @@ class PoseFailure:
 
 @dataclass(frozen=True)
 class PoseFound:
-    depth_header: Any  # std_msgs/Header of the depth frame (its optical frame)
+    depth_header: "Header"  # std_msgs/Header of the depth frame (its optical frame)
     grasp: GraspPose
 
 
@@ -60,15 +65,15 @@ class DepthInput:
         self.depth_topic = "depth"  # resolved names, for the reasons
         self.info_topic = "camera_info"
 
-    def pair(self, color_stamp: Any) -> Pairing:
+    def pair(self, color_stamp: "Time") -> Pairing:
         """Open the pairing of a colour frame with this header stamp (on its arrival)."""
         return self.pairer.open(stamp_to_seconds(color_stamp))
 
-    def add_depth(self, msg: Any) -> None:
+    def add_depth(self, msg: "Image") -> None:
         """Buffer a depth Image (decoded only when a query uses it); ValueError if unusable."""
         self.pairer.add_depth(stamp_to_seconds(msg.header.stamp), msg)
 
-    def add_camera_info(self, msg: Any) -> None:
+    def add_camera_info(self, msg: "CameraInfo") -> None:
         """Pair a CameraInfo with the depth frame of the same stamp; ValueError if unusable."""
         self.pairer.add_camera_info(stamp_to_seconds(msg.header.stamp), msg)
 
