@@ -251,12 +251,9 @@ class SoakClient:
             self.diagnostics.history.append((time.monotonic(), values))
 
     def spin_until(self, predicate: Any, timeout_s: float, alive: Any = None) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline or (alive is not None and not alive()):
-                return predicate()
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        from vlm_grasp_locator.tools.node_client import spin_until
+
+        return spin_until(self.executor, predicate, timeout_s, alive)
 
     def wait_ready(self, timeout_s: float, alive: Any) -> bool:
         return self.spin_until(

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from vlm_grasp_locator.tools.node_client import (
     image_msg_array,
     reserve_domain_id,
 )
+
+if TYPE_CHECKING:
+    from vlm_grasp_locator.service.locator_service import Reply
 
 __all__ = [
     "SMALL_PARAMS", "RunningNode", "messages_unavailable", "next_stamp", "run_node_to_exit",
@@ -203,6 +206,28 @@ def run_node_to_exit(params: Mapping[str, Any], ros_args: Sequence[str] = (),
         return proc.proc.returncode, err.decode(errors="replace") + out.decode(errors="replace")
     finally:
         lock.close()
+
+
+class RecordingOutputs:
+    """The service's Outputs for in-process tests: keeps every published reply."""
+
+    def __init__(self) -> None:
+        self.published: List["Reply"] = []
+        self.lock = threading.Lock()
+
+    def render(self, reply: "Reply") -> "Reply":
+        return reply
+
+    def publish(self, rendered: object) -> None:
+        from vlm_grasp_locator.service.locator_service import Reply
+
+        assert isinstance(rendered, Reply)
+        with self.lock:
+            self.published.append(rendered)
+
+    def texts(self) -> List[str]:
+        with self.lock:
+            return [r.text for r in self.published]
 
 
 class ScriptedLocator:

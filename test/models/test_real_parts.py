@@ -5,35 +5,19 @@ locator. The scheduling and known-answer tests of both live in test/unit."""
 from __future__ import annotations
 
 import logging
-import threading
 from typing import List, Optional
 
 import numpy as np
 
+from node_harness import RecordingOutputs
 from scenes import assert_well_formed
 from vlm_grasp_locator.models.interfaces import LoadedModels
 from vlm_grasp_locator.pipeline.locator import Locator, LocatorConfig
 from vlm_grasp_locator.pipeline.proposals import Proposals
 from vlm_grasp_locator.service.jobs import Job, Outcome
-from vlm_grasp_locator.service.locator_service import LocatorService, Reply, ServiceSettings
+from vlm_grasp_locator.service.locator_service import LocatorService, ServiceSettings
 
 LOG = logging.getLogger("test_real_parts")
-
-
-class Recorder:
-    """Outputs that keep every published reply."""
-
-    def __init__(self) -> None:
-        self.published: List[Reply] = []
-        self.lock = threading.Lock()
-
-    def render(self, reply: Reply) -> Reply:
-        return reply
-
-    def publish(self, rendered: object) -> None:
-        assert isinstance(rendered, Reply)
-        with self.lock:
-            self.published.append(rendered)
 
 
 def test_a_plugin_proposer_with_the_default_tinyclip_scorer(locator, scene):
@@ -60,7 +44,7 @@ def test_a_plugin_proposer_with_the_default_tinyclip_scorer(locator, scene):
 
 
 def test_a_real_locator_answers_through_the_service(locator: object, scene: np.ndarray) -> None:
-    out = Recorder()
+    out = RecordingOutputs()
     service = LocatorService(lambda: locator, out, LOG,  # type: ignore[arg-type, return-value]
                              settings=ServiceSettings(max_image_age=0.0))
     service.load()

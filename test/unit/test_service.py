@@ -13,7 +13,7 @@ from typing import Callable, Iterator, List, Tuple
 import numpy as np
 import pytest
 
-from node_harness import ScriptedLocator
+from node_harness import RecordingOutputs, ScriptedLocator
 # The scripted core builds real LocateResults: import them (and torch) here, not inside
 # the first inference, which the tests time out on under load.
 from vlm_grasp_locator.pipeline import locator as _result_types  # noqa: F401
@@ -29,30 +29,10 @@ LOG = logging.getLogger("test_service")
 RGB = np.zeros((40, 80, 3), np.uint8)
 
 
-class Recorder:
-    """Outputs that keep every published reply."""
-
-    def __init__(self) -> None:
-        self.published: List[Reply] = []
-        self.lock = threading.Lock()
-
-    def render(self, reply: Reply) -> Reply:
-        return reply
-
-    def publish(self, rendered: object) -> None:
-        assert isinstance(rendered, Reply)
-        with self.lock:
-            self.published.append(rendered)
-
-    def texts(self) -> List[str]:
-        with self.lock:
-            return [r.text for r in self.published]
-
-
 class Rig:
     def __init__(self, settings: ServiceSettings, queue_size: int = 8) -> None:
         self.fake = ScriptedLocator()
-        self.out = Recorder()
+        self.out = RecordingOutputs()
         self.service = LocatorService(lambda: self.fake, self.out, LOG, settings=settings,
                                       queue_size=queue_size)
         self.decoded: List[int] = []

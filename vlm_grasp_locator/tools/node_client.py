@@ -109,6 +109,18 @@ class NodeProcess:
 
 
 # ---------------------------------------------------------------------------- ROS side
+def spin_until(executor: Any, predicate: Callable[[], bool], timeout_s: float,
+               alive: Optional[Callable[[], bool]] = None) -> bool:
+    """Spin ``executor`` until ``predicate()``; False on timeout or when ``alive()`` turns
+    False."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline or (alive is not None and not alive()):
+            return predicate()
+        executor.spin_once(timeout_sec=0.05)
+    return True
+
+
 class LocatorClient:
     """Talks to a grasp_locator node: publishes image/command, collects every output."""
 
@@ -154,13 +166,7 @@ class LocatorClient:
 
     def spin_until(self, predicate: Callable[[], bool], timeout_s: float,
                    alive: Optional[Callable[[], bool]] = None) -> bool:
-        """Spin until ``predicate()``; False on timeout or when ``alive()`` turns False."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline or (alive is not None and not alive()):
-                return predicate()
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        return spin_until(self.executor, predicate, timeout_s, alive)
 
     def wait_ready(self, timeout_s: float, alive: Optional[Callable[[], bool]] = None) -> bool:
         """The node subscribes last, after loading its models: matched = ready."""
